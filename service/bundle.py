@@ -1,0 +1,89 @@
+"""A model bundle: one directory per deployed model, same layout for real and demo weights.
+
+manifest.json names the parts; paths in it are relative to the bundle or absolute.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+MODALITIES = ("image", "audio", "video", "thermal", "depth", "imu")
+
+
+class ImageBindSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    # The original ImageBindModel constructor's hyper-parameters (encoders.imagebind.ImageBindConfig).
+    config: dict[str, Any]
+
+
+class GenerationDefaults(BaseModel):
+    """PandaGPT's demo defaults: sampling on with top_p 0.01, i.e. effectively greedy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 0.01
+    top_k: int = 50
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["pandagpt"] = "pandagpt"
+    llm: str = "llm"
+    lora: str | None = "lora"
+    projector: str = "projector.safetensors"
+    imagebind: ImageBindSpec
+    # The piece `##` inside "\n###" (2277 for LLaMA): generating it ends the turn.
+    stop_token_ids: list[int] = Field(min_length=1)
+    generation: GenerationDefaults = GenerationDefaults()
+    modalities: list[str] = Field(default_factory=lambda: list(MODALITIES))
+
+
+class Bundle(BaseModel):
+    """A manifest with its paths resolved against the bundle directory."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def llm_dir(self) -> Path:
+        return self.path(self.manifest.llm)
+
+    @property
+    def lora_dir(self) -> Path | None:
+        return self.path(self.manifest.lora) if self.manifest.lora else None
+
+    @property
+    def projector_path(self) -> Path:
+        return self.path(self.manifest.projector)
+
+    @property
+    def imagebind_path(self) -> Path:
+        return self.path(self.manifest.imagebind.checkpoint)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.llm_dir / "tokenizer.model"
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    root = Path(root).resolve()
+    manifest = Manifest.model_validate(json.loads((root / MANIFEST).read_text()))
+    return Bundle(root=root, manifest=manifest)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")

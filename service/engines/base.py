@@ -1,0 +1,41 @@
+"""The engine seam: prompt embeddings in, token deltas out. The HTTP layer never sees vLLM."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop_token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New tokens since the last delta; `finish_reason` ("stop" | "length") on the last one."""
+
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+class Engine(Protocol):
+    max_model_len: int
+
+    def generate(self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling) -> AsyncIterator[Delta]:
+        """Stream deltas; closing the iterator early aborts the request in the engine."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise if the engine cannot serve."""
+        ...
+
+    def shutdown(self) -> None: ...

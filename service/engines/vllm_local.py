@@ -1,0 +1,95 @@
+"""vLLM's AsyncLLM in this process, fed prompt embeddings, with the bundle's LoRA.
+
+Only this package imports vllm. Engine start takes ~20 s on CPU; the engine core runs in a
+child process, so whatever starts it needs the `if __name__ == "__main__"` guard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+
+import torch
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.lora.request import LoRARequest
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from service.bundle import Bundle
+from service.engines.base import Delta, Sampling
+from service.errors import EngineFailed
+from service.settings import Settings
+
+# vLLM bug #51122: with LoRA + prompt embeds, a step mixing an embeds prefill with other rows
+# kills the engine core when embed_tokens is LoRA-wrapped. PandaGPT's LoRA is on q/k/v/o only,
+# so restricting vLLM's LoRA layers to these keeps the adapter exact and avoids the crash.
+LORA_TARGET_MODULES = ["qkv_proj", "o_proj"]
+
+
+class LocalVLLMEngine:
+    def __init__(self, llm: AsyncLLM, lora: LoRARequest | None, dtype: torch.dtype) -> None:
+        self.llm = llm
+        self.lora = lora
+        self.dtype = dtype
+        self.max_model_len: int = llm.model_config.max_model_len
+
+    @classmethod
+    def start(cls, bundle: Bundle, settings: Settings) -> LocalVLLMEngine:
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        # fp32 on CPU; fp16 on GPU as the original ran.
+        dtype = torch.float16 if on_gpu else torch.float32
+        lora_dir = bundle.lora_dir
+        lora_rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"] if lora_dir else None
+        args = AsyncEngineArgs(
+            model=str(bundle.llm_dir),
+            dtype="float16" if on_gpu else "float32",
+            enable_prompt_embeds=True,
+            enforce_eager=not on_gpu,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enable_lora=lora_dir is not None,
+            max_loras=1,
+            max_lora_rank=max(lora_rank or 0, 8),
+            lora_target_modules=LORA_TARGET_MODULES if lora_dir else None,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        lora = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir else None
+        return cls(llm, lora, dtype)
+
+    async def generate(self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling) -> AsyncIterator[Delta]:
+        params = SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            stop_token_ids=list(sampling.stop_token_ids),
+            detokenize=False,  # the service decodes with SentencePiece, as the original did
+            output_kind=RequestOutputKind.DELTA,
+        )
+        finished = False
+        try:
+            stream = self.llm.generate(
+                {"prompt_embeds": prompt_embeds.to(self.dtype)}, params, request_id, lora_request=self.lora
+            )
+            async for output in stream:
+                completion = output.outputs[0]
+                finished = output.finished
+                yield Delta(list(completion.token_ids), completion.finish_reason if finished else None)
+        except EngineDeadError as exc:
+            raise EngineFailed("the inference engine stopped; retry later") from exc
+        finally:
+            if not finished:
+                await self.llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self.llm.check_health()
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()

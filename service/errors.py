@@ -1,0 +1,113 @@
+"""One error envelope, one exception-to-status table.
+
+Domain code raises typed exceptions; the handlers below turn them into
+`{"error": {"type", "message", "param"}}` with the status from TABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, UnsupportedMediaType
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadRequest(ServiceError):
+    """Parameters that are well-formed but unusable (e.g. max_tokens beyond the context)."""
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class Conflict(ServiceError):
+    """The session changed under this turn (another turn committed first)."""
+
+
+class Unprocessable(ServiceError):
+    """Valid request shape, but the content cannot be served (e.g. a first turn without media)."""
+
+
+class NotReady(ServiceError):
+    pass
+
+
+class EngineFailed(ServiceError):
+    """The inference engine died or rejected the request."""
+
+
+# exception class -> (HTTP status, error type). Order matters: first isinstance match wins.
+TABLE: list[tuple[type[Exception], int, str]] = [
+    (BadRequest, 400, "invalid_request_error"),
+    (NotFound, 404, "not_found_error"),
+    (Conflict, 409, "conflict_error"),
+    (Unprocessable, 422, "unprocessable_entity_error"),
+    (MediaTooLarge, 413, "payload_too_large_error"),
+    (UnsupportedMediaType, 415, "unsupported_media_type_error"),
+    (InvalidMedia, 422, "invalid_media_error"),
+    (NotReady, 503, "service_unavailable_error"),
+    (EngineFailed, 503, "engine_error"),
+]
+
+
+def status_of(exc: Exception) -> tuple[int, str]:
+    for cls, status, kind in TABLE:
+        if isinstance(exc, cls):
+            return status, kind
+    return 500, "internal_error"
+
+
+def envelope(kind: str, message: str, param: str | None = None) -> dict:
+    return {"error": {"type": kind, "message": message, "param": param}}
+
+
+def _param_of(exc: Exception) -> str | None:
+    if isinstance(exc, MediaError):
+        return exc.field.split("[")[0]
+    return getattr(exc, "param", None)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    status, kind = status_of(exc)
+    return JSONResponse(envelope(kind, str(exc), _param_of(exc)), status_code=status)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    # loc is ("body" | "query" | "path", field, ...): name the field, not the container.
+    field = ".".join(str(p) for p in first["loc"][1:]) or str(first["loc"][0])
+    return JSONResponse(
+        envelope("invalid_request_error", f"{field}: {first['msg']}", field), status_code=422
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(envelope("http_error", str(exc.detail)), status_code=exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+    return JSONResponse(envelope("internal_error", "internal server error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _domain_error)
+    app.add_exception_handler(MediaError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,38 @@
+"""The app factory. The lifespan builds the model, encoders, engine and session store once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.metrics import Metrics, MetricsMiddleware
+from service.resources import Resources
+from service.routes import chat, ops, sessions
+from service.settings import Settings, get_settings
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.resources = await Resources.build(settings, metrics)
+        try:
+            yield
+        finally:
+            await app.state.resources.close()
+
+    app = FastAPI(title="PandaServe", version=VERSION, lifespan=lifespan)
+    app.state.metrics = metrics
+    app.dependency_overrides[get_settings] = lambda: settings
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_error_handlers(app)
+    for module in (chat, sessions, ops):
+        app.include_router(module.router)
+    return app

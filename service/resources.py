@@ -1,0 +1,65 @@
+"""Everything the app builds once at start-up (in the lifespan) and closes at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from encoders.imagebind import ImageBindConfig, load_imagebind
+from encoders.pool import EncoderPool
+from encoders.projector import load_projector
+from service.bundle import Bundle, load_bundle
+from service.chat import ChatService
+from service.engines.base import Engine, Sampling
+from service.errors import NotReady
+from service.metrics import Metrics
+from service.prompt import PromptBuilder
+from service.sessions import SessionStore, open_session_store
+from service.settings import Settings
+
+
+@dataclass
+class Resources:
+    bundle: Bundle
+    engine: Engine
+    store: SessionStore
+    chat: ChatService
+
+    @classmethod
+    async def build(cls, settings: Settings, metrics: Metrics) -> Resources:
+        if settings.bundle is None:
+            raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
+        bundle = load_bundle(settings.bundle)
+        manifest = bundle.manifest
+        imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**manifest.imagebind.config))
+        pool = EncoderPool(imagebind, max_image_pixels=settings.max_image_pixels)
+        prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
+        store = open_session_store(settings.redis_url, settings.session_ttl_s)
+        await store.ping()
+        # Imported here: vllm is heavy and only this path needs it (tests of the HTTP layer use fakes).
+        from service.engines.vllm_local import LocalVLLMEngine
+
+        engine = await asyncio.to_thread(LocalVLLMEngine.start, bundle, settings)
+        gen = manifest.generation
+        defaults = Sampling(
+            max_tokens=gen.max_tokens,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            top_k=gen.top_k,
+            seed=None,
+            stop_token_ids=tuple(manifest.stop_token_ids),
+        )
+        chat = ChatService(
+            pool=pool,
+            projector=load_projector(bundle.projector_path),
+            prompts=prompts,
+            engine=engine,
+            store=store,
+            metrics=metrics,
+            defaults=defaults,
+        )
+        return cls(bundle=bundle, engine=engine, store=store, chat=chat)
+
+    async def close(self) -> None:
+        await self.store.close()
+        self.engine.shutdown()

@@ -1,0 +1,34 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from service.deps import MetricsDep, ResourcesDep
+from service.errors import NotReady
+from service.routes.chat import ERRORS
+from service.schemas import Health
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive (it says nothing about the model)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: ERRORS[503]})
+async def readyz(resources: ResourcesDep) -> Health:
+    """Engine, encoders and session store can serve a turn."""
+    try:
+        await resources.engine.check_health()
+        await resources.store.ping()
+    except Exception as exc:
+        raise NotReady(f"not ready: {exc}") from exc
+    return Health(status="ok")
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(m: MetricsDep) -> Response:
+    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

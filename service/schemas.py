@@ -1,0 +1,61 @@
+"""Response bodies of the HTTP API (request bodies are multipart forms, declared on the routes)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from service.sessions import Session
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    reply: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    token_ids: list[int] | None = None
+
+
+class MediaView(BaseModel):
+    modality: str
+    sha256: str
+    bytes: int
+
+
+class TurnView(BaseModel):
+    message: str
+    reply: str
+    finish_reason: str
+    media: list[MediaView]
+    created_at: float
+
+
+class SessionView(BaseModel):
+    session_id: str
+    created_at: float
+    turns: list[TurnView]
+
+    @classmethod
+    def of(cls, session: Session) -> SessionView:
+        # Never the raw bytes nor the embeddings: a summary of each medium.
+        return cls.model_validate(session.model_dump(exclude={"turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}))
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    param: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

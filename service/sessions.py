@@ -1,0 +1,149 @@
+"""Conversation sessions: in memory for the embedded default, in Redis when REDIS_URL is set.
+
+A session is stored as one JSON document plus its turn count. A turn is committed only after
+generation succeeded, and only if the stored turn count is still the one the turn started from
+(compare-and-set, atomic in Redis through a Lua script) — so a failed or raced turn leaves the
+stored session byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Protocol
+
+import numpy as np
+import redis.asyncio as redis
+import torch
+from pydantic import BaseModel, Field
+
+from service.errors import Conflict
+
+
+class MediaRecord(BaseModel):
+    modality: str
+    sha256: str
+    bytes: int
+    # The 1024-d ImageBind embedding (float32, base64): the media slot is re-projected from these.
+    embedding: str
+
+    @classmethod
+    def of(cls, modality: str, sha256: str, size: int, embedding: torch.Tensor) -> MediaRecord:
+        raw = embedding.detach().to(torch.float32).numpy().astype("<f4").tobytes()
+        return cls(modality=modality, sha256=sha256, bytes=size, embedding=base64.b64encode(raw).decode())
+
+    def vector(self) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(base64.b64decode(self.embedding), dtype="<f4").copy())
+
+
+class Turn(BaseModel):
+    message: str
+    reply: str
+    finish_reason: str
+    media: list[MediaRecord] = Field(default_factory=list)
+    created_at: float
+
+
+class Session(BaseModel):
+    session_id: str
+    created_at: float
+    turns: list[Turn] = Field(default_factory=list)
+
+    @classmethod
+    def new(cls) -> Session:
+        return cls(session_id=f"sess_{uuid.uuid4().hex}", created_at=time.time())
+
+    def media(self) -> list[MediaRecord]:
+        return [m for turn in self.turns for m in turn.media]
+
+    def history(self) -> list[tuple[str, str]]:
+        return [(t.message, t.reply) for t in self.turns]
+
+
+class SessionStore(Protocol):
+    async def get(self, session_id: str) -> Session | None: ...
+
+    async def commit(self, session: Session, expected_turns: int) -> None:
+        """Store `session` if the stored copy still has `expected_turns` turns (0 if absent), else Conflict."""
+        ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemorySessionStore:
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[int, str, float]] = {}  # id -> (turns, json, expires_at)
+
+    def _live(self, session_id: str) -> tuple[int, str, float] | None:
+        item = self._items.get(session_id)
+        if item is not None and item[2] <= time.monotonic():
+            del self._items[session_id]
+            return None
+        return item
+
+    async def get(self, session_id: str) -> Session | None:
+        item = self._live(session_id)
+        return Session.model_validate_json(item[1]) if item else None
+
+    async def commit(self, session: Session, expected_turns: int) -> None:
+        # No await between the check and the write: atomic on the event loop.
+        item = self._live(session.session_id)
+        if (item[0] if item else 0) != expected_turns:
+            raise Conflict("the session changed during this turn; retry", param="session_id")
+        expires = time.monotonic() + self.ttl_s
+        self._items[session.session_id] = (len(session.turns), session.model_dump_json(), expires)
+
+    async def delete(self, session_id: str) -> bool:
+        return self._items.pop(session_id, None) is not None
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1] session hash; ARGV: expected turns, new turns, json, ttl seconds.
+_COMMIT = """
+local turns = redis.call('HGET', KEYS[1], 'turns')
+if (turns or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'turns', ARGV[2], 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class RedisSessionStore:
+    def __init__(self, url: str, ttl_s: int, prefix: str = "pandaserve:session:") -> None:
+        self.client = redis.from_url(url)
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self._commit = self.client.register_script(_COMMIT)
+
+    async def get(self, session_id: str) -> Session | None:
+        data = await self.client.hget(self.prefix + session_id, "data")
+        return Session.model_validate_json(data) if data else None
+
+    async def commit(self, session: Session, expected_turns: int) -> None:
+        args = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
+        if not await self._commit(keys=[self.prefix + session.session_id], args=args):
+            raise Conflict("the session changed during this turn; retry", param="session_id")
+
+    async def delete(self, session_id: str) -> bool:
+        return bool(await self.client.delete(self.prefix + session_id))
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def open_session_store(redis_url: str | None, ttl_s: int) -> SessionStore:
+    return RedisSessionStore(redis_url, ttl_s) if redis_url else MemorySessionStore(ttl_s)

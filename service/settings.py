@@ -1,0 +1,38 @@
+"""Settings from the environment (PANDASERVE_*), read once through a cached dependency."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PANDASERVE_", extra="ignore")
+
+    bundle: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Sessions: in memory unless a Redis URL is given (REDIS_URL is the conventional name).
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("PANDASERVE_REDIS_URL", "REDIS_URL"))
+    session_ttl_s: int = Field(default=24 * 3600, gt=0)
+
+    # Engine (in-process vLLM).
+    kv_cache_gib: float = Field(default=1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    max_model_len: int | None = Field(default=None, gt=0)
+    max_num_seqs: int = Field(default=32, gt=0)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+
+    # Request limits.
+    max_file_bytes: int = Field(default=20 * 2**20, gt=0)
+    max_files_per_modality: int = Field(default=4, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_message_chars: int = Field(default=16_000, gt=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

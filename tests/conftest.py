@@ -1,0 +1,75 @@
+"""Shared fixtures: the demo bundle (built once), real Redis, and one real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_START_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.demo_bundle import build_demo_bundle
+
+    path = tmp_path_factory.mktemp("bundles") / "demo"
+    build_demo_bundle(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`pandaserve serve` on a free port with sessions in Redis; yields the base URL once /readyz is 200."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "REDIS_URL": redis_url, "PANDASERVE_KV_CACHE_GIB": "1", "PYTHONWARNINGS": "default"}
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(demo_bundle), "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc, log_path)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+            try:
+                if client.get(f"{base}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet: the lifespan is still loading the engine
+            time.sleep(0.5)
+    raise TimeoutError(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-5000:]}")

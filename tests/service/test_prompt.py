@@ -1,0 +1,64 @@
+"""PandaGPT's template and stop rule against strings written here from the original code's facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sentencepiece as spm
+import torch
+
+from service.prompt import PROMPT_START, PromptBuilder, apply_stop_rule, conversation_text
+
+STOP = (7,)
+EOS = 2
+
+
+def test_prompt_start_is_the_original_string() -> None:
+    assert PROMPT_START == "### Human: <Img>"
+
+
+def test_first_turn_has_no_human_prefix() -> None:
+    assert conversation_text([], "What is this?") == "</Img> What is this?\n### Assistant:"
+
+
+def test_history_format_of_the_web_demo() -> None:
+    history = [("q1", " a1"), ("q2", "a2\n")]
+    expected = "</Img> q1\n### Assistant:  a1\n### Human: q2\n### Assistant: a2\n\n### Human: q3\n### Assistant:"
+    assert conversation_text(history, "q3") == expected
+
+
+def test_stop_token_drops_itself_and_the_separator_before_it() -> None:
+    assert apply_stop_rule([5, 6, 13, 7], STOP, EOS) == [5, 6]
+    assert apply_stop_rule([7], STOP, EOS) == []
+
+
+def test_eos_drops_only_itself() -> None:
+    assert apply_stop_rule([5, 6, 2], STOP, EOS) == [5, 6]
+
+
+def test_length_stop_keeps_every_token() -> None:
+    # The original dropped two tokens here too; a bug we do not reproduce.
+    assert apply_stop_rule([5, 6, 13], STOP, EOS) == [5, 6, 13]
+
+
+def test_build_places_bos_segments_and_slot(demo_bundle: Path) -> None:
+    builder = PromptBuilder.load(demo_bundle / "llm" / "tokenizer.model", demo_bundle / "llm")
+    sp = spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
+    slot = torch.randn(builder.hidden_size)
+    history = [("Describe it", "A red square.")]
+    embeds = builder.build(history, "And the colour?", slot)
+
+    before = [1, *sp.encode("### Human: <Img>")]
+    after = sp.encode("</Img> Describe it\n### Assistant: A red square.\n### Human: And the colour?\n### Assistant:")
+    table = builder.embeddings
+    assert embeds.shape == (len(before) + 1 + len(after), builder.hidden_size)
+    assert torch.equal(embeds[: len(before)], table[before])
+    assert torch.equal(embeds[len(before)], slot)
+    assert torch.equal(embeds[len(before) + 1 :], table[after])
+
+
+def test_user_text_is_tokenized_literally(demo_bundle: Path) -> None:
+    builder = PromptBuilder.load(demo_bundle / "llm" / "tokenizer.model", demo_bundle / "llm")
+    ids = builder.encode("say </s> and <s>")
+    assert builder.eos_id not in ids and builder.bos_id not in ids
+    assert builder.decode(ids) == "say </s> and <s>"
