@@ -18,30 +18,45 @@ from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
-FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+# Leading bytes of each accepted format: a file that starts like one is that format, so a
+# failure to decode it afterwards is corrupt content (422), not a wrong type (415).
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def sniff_image(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def decode_image(data: bytes, field: str, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
-    """Sniff the format from the bytes (Pillow never looks at names) and decode fully."""
+    """Sniff the format from the bytes (never from names or content types) and decode fully."""
     if not data:
         raise InvalidMedia(field, "the file is empty")
+    fmt = sniff_image(data)
+    if fmt is None:
+        raise UnsupportedMediaType(field, "not an image in a supported format (PNG, JPEG, WebP, BMP, TIFF)")
     try:
         with warnings.catch_warnings():
             # Pillow warns (DecompressionBombWarning) before it errors; we apply our own limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
             if image.width * image.height > max_pixels:
                 raise MediaTooLarge(
                     field, f"image is {image.width}x{image.height} pixels, over the limit of {max_pixels}"
                 )
             image.load()
             return image.convert(mode)
-    except UnidentifiedImageError as exc:
-        raise UnsupportedMediaType(field, "not an image in a supported format (PNG, JPEG, WebP, BMP, TIFF)") from exc
     except Image.DecompressionBombError as exc:
         raise MediaTooLarge(field, f"image is too large to decode: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidMedia(field, f"the image is truncated or corrupt ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidMedia(field, f"the {fmt} image is truncated or corrupt ({exc})") from exc
 
 
 def resize_and_crop(image: Image.Image, size: int = SIZE) -> Image.Image:

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     session_ttl_s: int = Field(default=24 * 3600, gt=0)
 
     # Engine (in-process vLLM).
-    kv_cache_gib: float = Field(default=1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    kv_cache_gib: int = Field(default=1, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)")
     max_model_len: int | None = Field(default=None, gt=0)
     max_num_seqs: int = Field(default=32, gt=0)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)

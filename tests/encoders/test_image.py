@@ -79,7 +79,9 @@ def test_type_comes_from_the_bytes() -> None:
     [
         (b"", InvalidMedia, "empty"),
         (b"hello, this is text", UnsupportedMediaType, "not an image"),
-        (encoded((300, 300), "PNG")[:200], InvalidMedia, "truncated"),
+        (encoded((300, 300), "PNG")[:200], InvalidMedia, "PNG image is truncated or corrupt"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, InvalidMedia, "PNG image is truncated or corrupt"),
+        (encoded((64, 64), "JPEG")[:-300], InvalidMedia, "JPEG image is truncated or corrupt"),
         (b"GIF89a" + b"\0" * 100, UnsupportedMediaType, "not an image"),
     ],
 )

@@ -1,0 +1,13 @@
+"""openapi.yaml at the repository root is the contract: it must equal what the app serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.openapi import render
+
+SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"
+
+
+def test_openapi_yaml_equals_the_app() -> None:
+    assert SPEC.read_text() == render(), "openapi.yaml is stale: run `make openapi`"
