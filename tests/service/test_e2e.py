@@ -93,6 +93,14 @@ def test_broken_image_is_4xx_and_leaves_the_session_unchanged(
     assert raw_redis.hgetall(KEY_PREFIX + sid) == before
 
 
+def test_the_image_steers_the_reply(client: httpx.Client) -> None:
+    replies = {
+        tuple(chat(client, "What is in this image?", images=[png(c)], temperature=0, return_token_ids="true").json()["token_ids"])
+        for c in ((200, 30, 30), (30, 30, 200), (30, 200, 30))
+    }
+    assert len(replies) == 3
+
+
 def test_first_turn_without_media_is_422(client: httpx.Client) -> None:
     r = chat(client, "Hello?")
     assert r.status_code == 422

@@ -1,0 +1,71 @@
+"""The in-process vLLM engine at its seam: what the stop rule and the fidelity tests rely on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import torch
+
+from service.bundle import load_bundle
+from service.engines.base import Sampling
+from service.prompt import PromptBuilder
+from service.settings import Settings
+
+
+# AsyncLLM's output handler lives on the event loop that first used it: one loop for the module.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(demo_bundle: Path) -> AsyncIterator:
+    from service.engines.vllm_local import LocalVLLMEngine
+
+    e = LocalVLLMEngine.start(load_bundle(demo_bundle), Settings(kv_cache_gib=1, max_num_seqs=4))
+    yield e
+    e.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompt(demo_bundle: Path) -> torch.Tensor:
+    builder = PromptBuilder.load(demo_bundle / "llm" / "tokenizer.model", demo_bundle / "llm")
+    return builder.build([], "Describe the picture.", torch.linspace(-0.05, 0.05, builder.hidden_size))
+
+
+def greedy(max_tokens: int, stop: tuple[int, ...] = ()) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=-1, seed=None, stop_token_ids=stop)
+
+
+async def collect(stream: AsyncIterator) -> tuple[list[int], str | None]:
+    ids: list[int] = []
+    reason = None
+    async for delta in stream:
+        ids += delta.token_ids
+        reason = delta.finish_reason or reason
+    return ids, reason
+
+
+async def test_length_finish_streams_every_token(engine, prompt: torch.Tensor) -> None:
+    ids, reason = await collect(engine.generate("len", prompt, greedy(6)))
+    assert len(ids) == 6 and reason == "length"
+
+
+async def test_a_stop_token_ends_generation_and_is_reported_last(engine, prompt: torch.Tensor) -> None:
+    free, _ = await collect(engine.generate("free", prompt, greedy(6)))
+    stop = free[3]
+    first = free.index(stop)  # the stop token may already occur earlier
+    ids, reason = await collect(engine.generate("stop", prompt, greedy(6, (stop,))))
+    assert reason == "stop"
+    assert ids == free[: first + 1]  # apply_stop_rule relies on the stop id being the last id
+
+
+async def test_closing_the_stream_early_aborts_the_request(engine, prompt: torch.Tensor) -> None:
+    stream = engine.generate("early", prompt, greedy(50))
+    async for _ in stream:
+        break
+    await stream.aclose()
+    assert not engine.llm.output_processor.request_states  # nothing left running in the engine
+    ids, _ = await collect(engine.generate("after", prompt, greedy(3)))
+    assert len(ids) == 3
