@@ -31,11 +31,12 @@ demo: install $(BUNDLE)/manifest.json
 	@echo
 	$(VENV)/bin/pandaserve serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
-test: install
+test: lint
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check service encoders training tests
+	$(VENV)/bin/ruff format --check service encoders training tests
 	$(VENV)/bin/mypy service encoders training
 
 openapi: install

@@ -90,9 +90,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0]
     # loc is ("body" | "query" | "path", field, ...): name the field, not the container.
     field = ".".join(str(p) for p in first["loc"][1:]) or str(first["loc"][0])
-    return JSONResponse(
-        envelope("invalid_request_error", f"{field}: {first['msg']}", field), status_code=422
-    )
+    return JSONResponse(envelope("invalid_request_error", f"{field}: {first['msg']}", field), status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

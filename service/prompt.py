@@ -49,10 +49,7 @@ def apply_stop_rule(token_ids: Sequence[int], stop_token_ids: Sequence[int], eos
 def load_token_embeddings(llm_dir: Path) -> torch.Tensor:
     """The LLM's input embedding table, read alone from its safetensors (single file or sharded)."""
     index = llm_dir / "model.safetensors.index.json"
-    if index.exists():
-        filename = json.loads(index.read_text())["weight_map"][EMBED_KEY]
-    else:
-        filename = "model.safetensors"
+    filename = json.loads(index.read_text())["weight_map"][EMBED_KEY] if index.exists() else "model.safetensors"
     with safe_open(str(llm_dir / filename), framework="pt") as f:
         return f.get_tensor(EMBED_KEY)
 

@@ -44,7 +44,8 @@ class SessionView(BaseModel):
     @classmethod
     def of(cls, session: Session) -> SessionView:
         # Never the raw bytes nor the embeddings: a summary of each medium.
-        return cls.model_validate(session.model_dump(exclude={"turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}))
+        hidden = {"turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}
+        return cls.model_validate(session.model_dump(exclude=hidden))
 
 
 class Health(BaseModel):

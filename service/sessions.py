@@ -131,7 +131,7 @@ class RedisSessionStore:
         return Session.model_validate_json(data) if data else None
 
     async def commit(self, session: Session, expected_turns: int) -> None:
-        args = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
+        args: list[str | int] = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
         if not await self._commit(keys=[self.prefix + session.session_id], args=args):
             raise Conflict("the session changed during this turn; retry", param="session_id")
 

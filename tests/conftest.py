@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 300
 

@@ -139,9 +139,7 @@ def _name(rng: random.Random) -> str:
 @functools.cache
 def _name_pool(size: int = 500) -> tuple[str, ...]:
     rng = random.Random(_CORPUS_SEED + 1)
-    return tuple(
-        "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))).capitalize() for _ in range(size)
-    )
+    return tuple("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))).capitalize() for _ in range(size))
 
 
 def _fill(template: str, rng: random.Random) -> str:

@@ -26,8 +26,7 @@ def conv_out(size: int, kernel: int, stride: int) -> int:
 def _check_shape(name: str, x: Tensor, expected: Sequence[int]) -> None:
     if tuple(x.shape[1:]) != tuple(expected):
         raise ValueError(
-            f"ImageBind {name} input must have shape (batch, {', '.join(map(str, expected))}), "
-            f"got {tuple(x.shape)}"
+            f"ImageBind {name} input must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
         )
 
 
@@ -119,9 +118,7 @@ class PatchPreprocessor(nn.Module):
 class VisionPreprocessor(PatchPreprocessor):
     def prepare(self, x: Tensor) -> Tensor:
         if x.ndim not in (4, 5):
-            raise ValueError(
-                f"ImageBind vision input must be (B, 3, H, W) or (B, 3, T, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"ImageBind vision input must be (B, 3, H, W) or (B, 3, T, H, W), got {tuple(x.shape)}")
         # Pad before validating so images and (B, 3, T, H, W) clips are checked alike.
         pad = getattr(self, self.stem_name).proj[0]
         return super().prepare(pad(x))
@@ -165,9 +162,7 @@ class IMUPreprocessor(nn.Module):
         # Registration order = checkpoint order: pos_embed, cls_token, imu_stem.
         self.pos_embed = nn.Parameter(torch.empty(1, num_windows + 1, dim))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.imu_stem = PatchEmbed(
-            nn.Linear(channels * kernel_size, dim, bias=False), nn.LayerNorm(dim, eps=1e-5)
-        )
+        self.imu_stem = PatchEmbed(nn.Linear(channels * kernel_size, dim, bias=False), nn.LayerNorm(dim, eps=1e-5))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 

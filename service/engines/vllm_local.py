@@ -50,12 +50,12 @@ class LocalVLLMEngine:
             dtype="float16" if on_gpu else "float32",
             enable_prompt_embeds=True,
             enforce_eager=not on_gpu,
-            max_model_len=settings.max_model_len,
+            max_model_len=settings.max_model_len,  # type: ignore[arg-type]  # None: the model's own
             max_num_seqs=settings.max_num_seqs,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_lora=lora_dir is not None,
             max_loras=1,
-            max_lora_rank=max(lora_rank or 0, 8),
+            max_lora_rank=lora_rank or 16,  # type: ignore[arg-type]  # vLLM validates the allowed ranks
             lora_target_modules=LORA_TARGET_MODULES if lora_dir else None,
         )
         llm = AsyncLLM.from_engine_args(args)

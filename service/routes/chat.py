@@ -15,9 +15,7 @@ from service.schemas import ChatResponse, ErrorResponse, Usage
 
 router = APIRouter(tags=["chat"])
 
-ERRORS: dict[int | str, dict] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)
-}
+ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)}
 
 
 async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:

@@ -110,9 +110,7 @@ def test_postprocessor_scales(tiny: ImageBindModel) -> None:
     for m, value in expected.items():
         torch.testing.assert_close(norms[m], torch.full_like(norms[m], value), rtol=1e-5, atol=1e-5)
     # The audio x20 buffer is kept for strict loading but not applied (PandaGPT).
-    assert torch.isclose(
-        tiny.modality_postprocessors["audio"][1].log_logit_scale, torch.tensor(math.log(20.0))
-    )
+    assert torch.isclose(tiny.modality_postprocessors["audio"][1].log_logit_scale, torch.tensor(math.log(20.0)))
 
 
 def test_clip_mean_after_postprocessor(tiny: ImageBindModel) -> None:

@@ -33,7 +33,9 @@ def raw_redis(redis_url: str) -> redis.Redis:
     r.close()
 
 
-def chat(client: httpx.Client, message: str, session_id: str | None = None, images: list[bytes] = (), **form) -> httpx.Response:
+def chat(
+    client: httpx.Client, message: str, session_id: str | None = None, images: list[bytes] = (), **form
+) -> httpx.Response:
     data = {"message": message, "max_tokens": "8", **{k: str(v) for k, v in form.items()}}
     if session_id:
         data["session_id"] = session_id
@@ -95,7 +97,7 @@ def test_broken_image_is_4xx_and_leaves_the_session_unchanged(
 
 def test_the_image_steers_the_reply(client: httpx.Client) -> None:
     replies = {
-        tuple(chat(client, "What is in this image?", images=[png(c)], temperature=0, return_token_ids="true").json()["token_ids"])
+        tuple(chat(client, "What is it?", images=[png(c)], temperature=0, return_token_ids="true").json()["token_ids"])
         for c in ((200, 30, 30), (30, 30, 200), (30, 200, 30))
     }
     assert len(replies) == 3

@@ -14,7 +14,6 @@ from service.engines.base import Sampling
 from service.prompt import PromptBuilder
 from service.settings import Settings
 
-
 # AsyncLLM's output handler lives on the event loop that first used it: one loop for the module.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -115,8 +115,12 @@ def test_greedy_reply_ids_equal_hf_peft(server: str, oracle: Oracle, case: str) 
     with httpx.Client(base_url=server, timeout=120) as client:
         for turn, seeds in enumerate(CASES[case]):
             images = [picture(s, SIZES[s % len(SIZES)], "JPEG" if s % 2 else "PNG") for s in seeds]
-            form = {"message": QUESTIONS[turn], "temperature": "0", "max_tokens": str(MAX_TOKENS),
-                    "return_token_ids": "true"}
+            form = {
+                "message": QUESTIONS[turn],
+                "temperature": "0",
+                "max_tokens": str(MAX_TOKENS),
+                "return_token_ids": "true",
+            }
             if session_id:
                 form["session_id"] = session_id
             files = [("image", (f"{i}.img", data)) for i, data in enumerate(images)]

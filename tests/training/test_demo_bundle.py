@@ -239,11 +239,7 @@ def test_determinism(bundle_dir: Path, tmp_path: Path) -> None:
     # of 1, zero biases) and ImageBind's computed buffers (the text causal mask) do not.
     buffers = {f"imagebind.pth:{k}" for k, _ in ImageBindModel(PRESETS["tiny"]).named_buffers()}
     for prefix in ("llm/", "lora/", "projector", "imagebind"):
-        keys = [
-            k
-            for k in reference
-            if k.startswith(prefix) and k not in buffers and not _is_constant(reference[k])
-        ]
+        keys = [k for k in reference if k.startswith(prefix) and k not in buffers and not _is_constant(reference[k])]
         assert keys and all(not torch.equal(other[k], reference[k]) for k in keys), prefix
     # The tokenizer is seed-independent: one vocabulary for every demo bundle.
     tokenizer = (bundle_dir / "llm" / "tokenizer.model").read_bytes()
