@@ -8,7 +8,6 @@ upstream code and so that the huge preset reproduces ``imagebind_huge.pth``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 # Input geometry that is not an upstream constructor argument: upstream hard-codes
 # these values inside ``_create_modality_preprocessors``; we keep them as constants
@@ -67,10 +66,6 @@ class ImageBindConfig:
             heads = getattr(self, f"{name}_num_heads")
             if dim % heads:
                 raise ValueError(f"{name}_embed_dim={dim} is not divisible by {name}_num_heads={heads}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImageBindConfig:
-        return cls(**d)
 
 
 PRESETS: dict[str, ImageBindConfig] = {

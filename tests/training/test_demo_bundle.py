@@ -34,10 +34,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "demo"
-    build_demo_bundle(out, seed=0)
-    return out
+def bundle_dir(demo_bundle: Path) -> Path:
+    return demo_bundle  # seed 0, built once per session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +158,7 @@ def test_manifest(bundle_dir: Path, sp) -> None:
     assert bundle.lora_dir is not None and bundle.lora_dir.is_dir()
     assert bundle.projector_path.is_file() and bundle.imagebind_path.is_file()
     assert bundle.tokenizer_path.is_file()
-    assert ImageBindConfig.from_dict(manifest.imagebind.config) == PRESETS["tiny"]
+    assert ImageBindConfig(**manifest.imagebind.config) == PRESETS["tiny"]
     assert manifest.imagebind.config == json.loads(json.dumps(asdict(PRESETS["tiny"])))
 
 
