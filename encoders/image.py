@@ -1,8 +1,10 @@
-"""Image decoding and preprocessing, exact to ImageBind's `load_and_transform_vision_data`.
+"""Image and thermal decoding and preprocessing, exact to the original loaders.
 
-The original used torchvision on PIL images: Resize(224, BICUBIC) -> CenterCrop(224) ->
-ToTensor -> Normalize(CLIP mean, std). The same steps are written here with Pillow and NumPy,
-because torchvision cannot be installed beside the CPU torch.
+Image (ImageBind's `load_and_transform_vision_data`): RGB, Resize(224, BICUBIC) -> CenterCrop(224)
+-> ToTensor -> Normalize(CLIP mean, std). Thermal (PandaGPT's `load_and_transform_thermal_data`):
+grayscale "L", the same resize and crop, ToTensor, no normalisation. The original used torchvision
+on PIL images; the same steps are written here with Pillow and NumPy, because torchvision cannot
+be installed beside the CPU torch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
+from encoders.limits import MediaLimits
 
 SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -35,8 +38,8 @@ def sniff_image(data: bytes) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def decode_image(data: bytes, field: str, *, max_pixels: int, mode: str = "RGB") -> Image.Image:
-    """Sniff the format from the bytes (never from names or content types) and decode fully."""
+def decode_image(data: bytes, field: str, limits: MediaLimits, mode: str | None = "RGB") -> Image.Image:
+    """Sniff the format from the bytes (never from names or content types), decode fully, convert to `mode`."""
     if not data:
         raise InvalidMedia(field, "the file is empty")
     fmt = sniff_image(data)
@@ -47,12 +50,16 @@ def decode_image(data: bytes, field: str, *, max_pixels: int, mode: str = "RGB")
             # Pillow warns (DecompressionBombWarning) before it errors; we apply our own limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[fmt])
-            if image.width * image.height > max_pixels:
+            if image.width * image.height > limits.max_pixels:
                 raise MediaTooLarge(
-                    field, f"image is {image.width}x{image.height} pixels, over the limit of {max_pixels}"
+                    field, f"image is {image.width}x{image.height} pixels, over the limit of {limits.max_pixels}"
+                )
+            if max(image.size) > limits.max_side:
+                raise MediaTooLarge(
+                    field, f"image is {image.width}x{image.height}, a side over the limit of {limits.max_side}"
                 )
             image.load()
-            return image.convert(mode)
+            return image.convert(mode) if mode else image
     except Image.DecompressionBombError as exc:
         raise MediaTooLarge(field, f"image is too large to decode: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -79,5 +86,11 @@ def preprocess_image(image: Image.Image) -> np.ndarray:
     return ((pixels - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).copy()
 
 
-def load_image(data: bytes, field: str, *, max_pixels: int) -> np.ndarray:
-    return preprocess_image(decode_image(data, field, max_pixels=max_pixels))
+def load_image(data: bytes, field: str, limits: MediaLimits) -> np.ndarray:
+    return preprocess_image(decode_image(data, field, limits))
+
+
+def load_thermal(data: bytes, field: str, limits: MediaLimits) -> np.ndarray:
+    """Any supported image -> grayscale -> float32 (1, 224, 224) in [0, 1]."""
+    pixels = np.asarray(resize_and_crop(decode_image(data, field, limits, mode="L")), dtype=np.float32)
+    return (pixels / 255.0)[None]

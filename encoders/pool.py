@@ -8,19 +8,16 @@ is a later step; today one forward runs at a time, guarded by a lock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
 
 from encoders.errors import UnsupportedMediaType
-from encoders.image import load_image
 from encoders.imagebind import ImageBindModel
-
-# Our modality name -> ImageBind branch.
-BRANCH = {"image": "vision"}
+from encoders.limits import MediaLimits
+from encoders.modalities import MODALITIES
 
 
 @dataclass(frozen=True)
@@ -31,28 +28,24 @@ class MediaInput:
 
 
 class EncoderPool:
-    def __init__(self, model: ImageBindModel, *, max_image_pixels: int, device: str = "cpu") -> None:
+    def __init__(
+        self, model: ImageBindModel, limits: MediaLimits, modalities: Iterable[str], device: str = "cpu"
+    ) -> None:
         self.model = model
+        self.limits = limits
+        self.modalities = [m for m in MODALITIES if m in set(modalities)]
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
-        self.loaders: dict[str, Callable[[bytes, str], np.ndarray]] = {
-            "image": partial(load_image, max_pixels=max_image_pixels),
-        }
         self._device_lock = asyncio.Lock()
 
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.loaders)
-
     def decode(self, item: MediaInput) -> np.ndarray:
-        loader = self.loaders.get(item.modality)
-        if loader is None:
-            raise UnsupportedMediaType(item.field, f"modality {item.modality!r} is not served")
-        return loader(item.data, item.field)
+        if item.modality not in self.modalities:
+            raise UnsupportedMediaType(item.field, f"this model does not serve {item.modality}")
+        return MODALITIES[item.modality].load(item.data, item.field, self.limits)
 
     @torch.inference_mode()
     def predict(self, modality: str, batch: np.ndarray) -> torch.Tensor:
-        branch = BRANCH[modality]
+        branch = MODALITIES[modality].branch
         x = torch.from_numpy(batch).to(self.device, self.dtype)
         return self.model({branch: x})[branch].float().cpu()
 

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from encoders.modalities import MODALITIES
 
 MANIFEST = "manifest.json"
-MODALITIES = ("image", "audio", "video", "thermal", "depth", "imu")
 
 
 class ImageBindSpec(BaseModel):
@@ -46,6 +47,14 @@ class Manifest(BaseModel):
     stop_token_ids: list[int] = Field(min_length=1)
     generation: GenerationDefaults = GenerationDefaults()
     modalities: list[str] = Field(default_factory=lambda: list(MODALITIES))
+
+    @field_validator("modalities")
+    @classmethod
+    def known_modalities(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; known: {list(MODALITIES)}")
+        return names
 
 
 class Bundle(BaseModel):

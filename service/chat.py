@@ -89,7 +89,9 @@ class ChatService:
         session = await self._load(session_id)
         expected_turns = len(session.turns)
         if not media and not session.media():
-            raise Unprocessable("the first turn of a chat needs at least one media file", param="image")
+            raise Unprocessable(
+                "the first turn of a chat needs at least one media file (image, audio, video, thermal, depth or imu)"
+            )
 
         embeddings = await self.pool.encode(media)
         records = [

@@ -18,6 +18,28 @@ def serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
 
 
+def embed(args: argparse.Namespace) -> None:
+    """One file's ImageBind embedding, as POST /embeddings returns it, without starting the engine."""
+    import asyncio
+
+    from encoders.errors import MediaError
+    from encoders.imagebind import ImageBindConfig, load_imagebind
+    from encoders.pool import EncoderPool, MediaInput
+    from service.bundle import load_bundle
+    from service.routes.embeddings import embed as embed_media
+    from service.settings import Settings
+
+    bundle = load_bundle(args.bundle)
+    spec = bundle.manifest.imagebind
+    model = load_imagebind(bundle.imagebind_path, ImageBindConfig(**spec.config))
+    pool = EncoderPool(model, Settings().media_limits(), bundle.manifest.modalities)
+    media = [MediaInput(args.modality, args.file.read_bytes(), f"{args.modality}[0]")]
+    try:
+        print(asyncio.run(embed_media(pool, media)).model_dump_json())
+    except MediaError as exc:
+        raise SystemExit(f"pandaserve embed: {exc}") from exc
+
+
 def bundle_demo(args: argparse.Namespace) -> None:
     from training.demo_bundle import build_demo_bundle
 
@@ -28,7 +50,19 @@ def bundle_demo(args: argparse.Namespace) -> None:
     print(f"demo bundle written to {args.dir}")
 
 
+def bundle_convert_pandagpt(args: argparse.Namespace) -> None:
+    from training.convert import convert_pandagpt
+
+    try:
+        convert_pandagpt(args.vicuna, args.delta, args.imagebind, args.out)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"pandaserve bundle convert-pandagpt: {exc}") from exc
+    print(f"bundle written to {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
+    from encoders.modalities import MODALITIES
+
     p = argparse.ArgumentParser(prog="pandaserve", description=__doc__)
     commands = p.add_subparsers(dest="command", required=True)
 
@@ -39,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info")
     s.set_defaults(run=serve)
 
+    e = commands.add_parser("embed", help="print one file's ImageBind embedding as JSON")
+    e.add_argument("--bundle", type=Path, required=True)
+    e.add_argument("--modality", required=True, choices=list(MODALITIES))
+    e.add_argument("file", type=Path)
+    e.set_defaults(run=embed)
+
     b = commands.add_parser("bundle", help="write model bundles")
     bundles = b.add_subparsers(dest="bundle_command", required=True)
     d = bundles.add_parser("demo", help="write the tiny demo bundle, deterministic from a seed")
@@ -46,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="rebuild even if the directory holds a bundle")
     d.set_defaults(run=bundle_demo)
+    c = bundles.add_parser("convert-pandagpt", help="turn the released PandaGPT weights into a bundle")
+    c.add_argument("--vicuna", type=Path, required=True, help="Vicuna v0 HF dir (referenced, not copied)")
+    c.add_argument("--delta", type=Path, required=True, help="PandaGPT's pytorch_model.pt (LoRA + projector)")
+    c.add_argument("--imagebind", type=Path, required=True, help="imagebind_huge.pth (referenced, not copied)")
+    c.add_argument("out", type=Path)
+    c.set_defaults(run=bundle_convert_pandagpt)
     return p
 
 

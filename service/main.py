@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from service.errors import install_error_handlers
 from service.metrics import Metrics, MetricsMiddleware
 from service.resources import Resources
-from service.routes import chat, ops, sessions
+from service.routes import chat, embeddings, ops, sessions
 from service.settings import Settings, get_settings
 
 VERSION = "0.1.0"
@@ -33,6 +33,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
-    for module in (chat, sessions, ops):
+    for module in (chat, embeddings, sessions, ops):
         app.include_router(module.router)
     return app

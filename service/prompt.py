@@ -46,12 +46,26 @@ def apply_stop_rule(token_ids: Sequence[int], stop_token_ids: Sequence[int], eos
     return ids
 
 
+def weights_file(llm_dir: Path, key: str) -> Path:
+    """The file of an HF checkpoint holding `key`: safetensors or PyTorch .bin, single or sharded."""
+    for index, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        if (llm_dir / index).exists():
+            return llm_dir / json.loads((llm_dir / index).read_text())["weight_map"][key]
+        if (llm_dir / single).exists():
+            return llm_dir / single
+    raise FileNotFoundError(f"no safetensors or pytorch_model.bin weights in {llm_dir}")
+
+
 def load_token_embeddings(llm_dir: Path) -> torch.Tensor:
-    """The LLM's input embedding table, read alone from its safetensors (single file or sharded)."""
-    index = llm_dir / "model.safetensors.index.json"
-    filename = json.loads(index.read_text())["weight_map"][EMBED_KEY] if index.exists() else "model.safetensors"
-    with safe_open(str(llm_dir / filename), framework="pt") as f:
-        return f.get_tensor(EMBED_KEY)
+    """The LLM's input embedding table, read alone (mmap) from its checkpoint."""
+    path = weights_file(llm_dir, EMBED_KEY)
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(EMBED_KEY)
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)[EMBED_KEY].clone()
 
 
 class PromptBuilder:

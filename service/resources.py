@@ -23,6 +23,7 @@ class Resources:
     bundle: Bundle
     engine: Engine
     store: SessionStore
+    pool: EncoderPool
     chat: ChatService
 
     @classmethod
@@ -32,7 +33,7 @@ class Resources:
         bundle = load_bundle(settings.bundle)
         manifest = bundle.manifest
         imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**manifest.imagebind.config))
-        pool = EncoderPool(imagebind, max_image_pixels=settings.max_image_pixels)
+        pool = EncoderPool(imagebind, settings.media_limits(), manifest.modalities)
         prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
         store = open_session_store(settings.redis_url, settings.session_ttl_s)
         await store.ping()
@@ -58,7 +59,7 @@ class Resources:
             metrics=metrics,
             defaults=defaults,
         )
-        return cls(bundle=bundle, engine=engine, store=store, chat=chat)
+        return cls(bundle=bundle, engine=engine, store=store, pool=pool, chat=chat)
 
     async def close(self) -> None:
         await self.store.close()

@@ -48,6 +48,18 @@ class SessionView(BaseModel):
         return cls.model_validate(session.model_dump(exclude=hidden))
 
 
+class Embedding(BaseModel):
+    field: str  # the upload it came from, e.g. "audio[0]"
+    modality: str
+    sha256: str
+    embedding: list[float]  # ImageBind's joint space, as PandaGPT's path computes it before projection
+
+
+class EmbeddingsResponse(BaseModel):
+    data: list[Embedding]
+    dimensions: int
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

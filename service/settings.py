@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from encoders.limits import MediaLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PANDASERVE_", extra="ignore")
@@ -29,8 +31,23 @@ class Settings(BaseSettings):
     # Request limits.
     max_file_bytes: int = Field(default=20 * 2**20, gt=0)
     max_files_per_modality: int = Field(default=4, gt=0)
-    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="image, thermal, depth: width x height")
+    max_image_side: int = Field(default=16_384, gt=0)
+    max_audio_seconds: float = Field(default=600.0, gt=0)
+    max_video_seconds: float = Field(default=600.0, gt=0)
+    max_video_pixels: int = Field(default=4096 * 2160, gt=0, description="one video frame: width x height")
+    max_imu_samples: int = Field(default=100_000, gt=0)
     max_message_chars: int = Field(default=16_000, gt=0)
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_pixels=self.max_image_pixels,
+            max_side=self.max_image_side,
+            max_audio_seconds=self.max_audio_seconds,
+            max_video_seconds=self.max_video_seconds,
+            max_video_pixels=self.max_video_pixels,
+            max_imu_samples=self.max_imu_samples,
+        )
 
 
 @lru_cache

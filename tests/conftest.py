@@ -15,6 +15,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 300
+# Tighter than the defaults, so the bad-input tests can exceed them with small files.
+SERVER_LIMITS = {
+    "PANDASERVE_MAX_FILE_BYTES": 4 * 2**20,
+    "PANDASERVE_MAX_IMAGE_SIDE": 8192,
+    "PANDASERVE_MAX_AUDIO_SECONDS": 30,
+    "PANDASERVE_MAX_VIDEO_SECONDS": 20,
+    "PANDASERVE_MAX_VIDEO_PIXELS": 1280 * 720,
+    "PANDASERVE_MAX_IMU_SAMPLES": 20_000,
+}
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +52,7 @@ def server(demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPathF
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "REDIS_URL": redis_url, "PANDASERVE_KV_CACHE_GIB": "1", "PYTHONWARNINGS": "default"}
+    env |= {k: str(v) for k, v in SERVER_LIMITS.items()}
     cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(demo_bundle), "--port", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

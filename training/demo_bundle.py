@@ -16,8 +16,6 @@ Usage: pandaserve bundle demo OUT_DIR [--seed N]
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -29,7 +27,8 @@ import torch
 from safetensors.torch import save_file
 
 from service.bundle import ImageBindSpec, Manifest, write_manifest
-from training.tokenizer import train_sentencepiece, write_hf_tokenizer
+from training.staging import staged_dir
+from training.tokenizer import stop_token_id, train_sentencepiece, write_hf_tokenizer
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import training.demo_bundle` is cheap
     from transformers import LlamaForCausalLM
@@ -60,17 +59,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 def build_demo_bundle(out: Path, seed: int = 0) -> None:
     """Write the demo bundle to `out`, atomically (a crash never leaves half a bundle)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        with _quiet_progress_bars():
-            _build_into(tmp, seed)
-        _make_readable(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_dir(Path(out)) as tmp, _quiet_progress_bars():
+        _build_into(tmp, seed)
 
 
 def _build_into(root: Path, seed: int) -> None:
@@ -90,15 +80,6 @@ def _build_into(root: Path, seed: int) -> None:
         stop_token_ids=[stop_token_id(sp)],
     )
     write_manifest(root, manifest)
-
-
-def stop_token_id(sp: spm.SentencePieceProcessor) -> int:
-    """The id of `##`: PandaGPT's turns end with "\\n###" = <0x0A> ## #, and generating
-    `##` is where it stops (2277 in LLaMA's vocabulary)."""
-    pieces = sp.encode("\n###", out_type=str)
-    if pieces[-3:] != ["<0x0A>", "##", "#"]:
-        raise ValueError(f'tokenizer splits "\\n###" as {pieces}, expected [..., <0x0A>, ##, #]')
-    return sp.piece_to_id("##")
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -210,22 +191,3 @@ def _quiet_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-def _make_readable(root: Path) -> None:
-    """mkdtemp makes 0700 dirs and safetensors writes 0600 files; a bundle is meant to
-    be shared (e.g. built by one user, served by another), so open it up like `cp`."""
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move `new` to `out`; an existing `out` is swapped aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        out.rename(old / out.name)
-    new.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

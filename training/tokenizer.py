@@ -265,3 +265,12 @@ def _tidy_tokenizer_config(path: Path) -> None:
         config.pop(key, None)
     config["legacy"] = True
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def stop_token_id(sp: spm.SentencePieceProcessor) -> int:
+    """The id of `##`: PandaGPT's turns end with "\\n###" = <0x0A> ## #, and generating
+    `##` is where it stops (2277 in LLaMA's vocabulary)."""
+    pieces = sp.encode("\n###", out_type=str)
+    if pieces[-3:] != ["<0x0A>", "##", "#"]:
+        raise ValueError(f'tokenizer splits "\\n###" as {pieces}, expected [..., <0x0A>, ##, #]')
+    return sp.piece_to_id("##")

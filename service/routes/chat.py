@@ -4,35 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Form
 
-from encoders.errors import MediaTooLarge
-from encoders.pool import MediaInput
 from service.chat import SamplingRequest
 from service.deps import ChatDep, SettingsDep
 from service.errors import BadRequest
 from service.schemas import ChatResponse, ErrorResponse, Usage
+from service.uploads import MediaUploads
 
 router = APIRouter(tags=["chat"])
 
 ERRORS: dict[int | str, dict] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 422, 503)}
 
 
-async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
-    # Read one byte past the limit: enough to know it is too large without reading it all.
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise MediaTooLarge(field, f"the file is larger than the limit of {limit} bytes")
-    return data
-
-
 @router.post("/chat", response_model=ChatResponse, responses=ERRORS)
 async def chat(
     chat: ChatDep,
     settings: SettingsDep,
+    media: MediaUploads,
     message: Annotated[str, Form(description="The user's text for this turn")],
     session_id: Annotated[str | None, Form(description="Continue this session; omit to start one")] = None,
-    image: Annotated[list[UploadFile] | None, File(description="Image files (PNG, JPEG, WebP, BMP, TIFF)")] = None,
     max_tokens: Annotated[int | None, Form(ge=1)] = None,
     temperature: Annotated[float | None, Form(ge=0)] = None,
     top_p: Annotated[float | None, Form(gt=0, le=1)] = None,
@@ -44,13 +35,6 @@ async def chat(
         raise BadRequest(
             f"message has {len(message)} characters, over the limit of {settings.max_message_chars}", param="message"
         )
-    images = image or []
-    if len(images) > settings.max_files_per_modality:
-        raise BadRequest(f"at most {settings.max_files_per_modality} image files per turn", param="image")
-    media = [
-        MediaInput("image", await read_upload(f, f"image[{i}]", settings.max_file_bytes), f"image[{i}]")
-        for i, f in enumerate(images)
-    ]
     sampling = SamplingRequest(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     result = await chat.turn(session_id, message, media, sampling)
     return ChatResponse(

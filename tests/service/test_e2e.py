@@ -108,8 +108,9 @@ def test_first_turn_without_media_is_422(client: httpx.Client) -> None:
     assert r.status_code == 422
     assert r.json()["error"] == {
         "type": "unprocessable_entity_error",
-        "message": "the first turn of a chat needs at least one media file",
-        "param": "image",
+        "message": "the first turn of a chat needs at least one media file "
+        "(image, audio, video, thermal, depth or imu)",
+        "param": None,
     }
 
 

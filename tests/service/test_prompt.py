@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import sentencepiece as spm
 import torch
+from safetensors.torch import save_file
 
-from service.prompt import PROMPT_START, PromptBuilder, apply_stop_rule, conversation_text
+from service.prompt import (
+    EMBED_KEY,
+    PROMPT_START,
+    PromptBuilder,
+    apply_stop_rule,
+    conversation_text,
+    load_token_embeddings,
+)
 
 STOP = (7,)
 EOS = 2
@@ -62,3 +72,27 @@ def test_user_text_is_tokenized_literally(demo_bundle: Path) -> None:
     ids = builder.encode("say </s> and <s>")
     assert builder.eos_id not in ids and builder.bos_id not in ids
     assert builder.decode(ids) == "say </s> and <s>"
+
+
+@pytest.mark.parametrize("layout", ["safetensors-sharded", "bin", "bin-sharded"])
+def test_token_embeddings_load_from_every_hf_layout(demo_bundle: Path, tmp_path: Path, layout: str) -> None:
+    expected = load_token_embeddings(demo_bundle / "llm")
+    other = {"lm_head.weight": torch.zeros(3, 2)}
+    if layout == "bin":
+        torch.save({EMBED_KEY: expected, **other}, tmp_path / "pytorch_model.bin")
+    else:
+        suffix = "safetensors" if layout.startswith("safetensors") else "bin"
+        shards = {EMBED_KEY: f"model-00002-of-00002.{suffix}", "lm_head.weight": f"model-00001-of-00002.{suffix}"}
+        for key, name in shards.items():
+            tensors = {key: expected if key == EMBED_KEY else other[key]}
+            save_file(tensors, str(tmp_path / name)) if suffix == "safetensors" else torch.save(
+                tensors, tmp_path / name
+            )
+        index = "model.safetensors.index.json" if suffix == "safetensors" else "pytorch_model.bin.index.json"
+        (tmp_path / index).write_text(json.dumps({"weight_map": shards}))
+    assert torch.equal(load_token_embeddings(tmp_path), expected)
+
+
+def test_missing_weights_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no safetensors or pytorch_model.bin"):
+        load_token_embeddings(tmp_path)

@@ -1,0 +1,41 @@
+"""POST /embeddings: ImageBind embeddings of uploaded files, without the LLM.
+
+Retrieval users want ImageBind's joint space on its own, and it makes every modality's path
+checkable from outside: the vectors are exactly what the chat path projects into the slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi import APIRouter
+
+from encoders.pool import EncoderPool, MediaInput
+from service.deps import ResourcesDep
+from service.errors import Unprocessable
+from service.routes.chat import ERRORS
+from service.schemas import Embedding, EmbeddingsResponse
+from service.uploads import MediaUploads
+
+router = APIRouter(tags=["embeddings"])
+
+
+async def embed(pool: EncoderPool, media: list[MediaInput]) -> EmbeddingsResponse:
+    if not media:
+        raise Unprocessable("send at least one file in a modality field (image, audio, video, thermal, depth, imu)")
+    vectors = await pool.encode(media)
+    data = [
+        Embedding(
+            field=item.field,
+            modality=item.modality,
+            sha256=hashlib.sha256(item.data).hexdigest(),
+            embedding=vector.tolist(),
+        )
+        for item, vector in zip(media, vectors, strict=True)
+    ]
+    return EmbeddingsResponse(data=data, dimensions=len(data[0].embedding))
+
+
+@router.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
+async def embeddings(resources: ResourcesDep, media: MediaUploads) -> EmbeddingsResponse:
+    return await embed(resources.pool, media)

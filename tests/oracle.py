@@ -1,0 +1,95 @@
+"""The fidelity oracle: PandaGPT's path rebuilt in the tests, independently of service/.
+
+Preprocessing comes from the references written in tests/encoders from the original's facts;
+the projector is read from its safetensors; the template and stop rule are written out again;
+the LLM is HF transformers + PEFT (LoRA unmerged). Only the ImageBind forward is shared with
+the service (it is checked against its own facts in tests/encoders/test_imagebind.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+from safetensors.torch import load_file
+
+from encoders.imagebind import ImageBindConfig, load_imagebind
+
+
+def references() -> dict[str, tuple[str, Callable[[bytes], np.ndarray]]]:
+    """modality -> (ImageBind branch, reference preprocessing), in PandaGPT's slot order."""
+    from tests.encoders import test_audio, test_depth, test_image, test_imu, test_video
+
+    return {
+        "image": ("vision", test_image.reference),
+        "audio": ("audio", test_audio.reference),
+        "video": ("vision", test_video.reference),
+        "thermal": ("thermal", test_image.reference_thermal),
+        "depth": ("depth", test_depth.reference),
+        "imu": ("imu", test_imu.reference),
+    }
+
+
+class Oracle:
+    def __init__(self, bundle: Path) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        self.sp = spm.SentencePieceProcessor(model_file=str(bundle / "llm" / "tokenizer.model"))
+        self.stop_ids = manifest["stop_token_ids"]
+        base = AutoModelForCausalLM.from_pretrained(bundle / "llm", dtype=torch.float32)
+        self.llm = PeftModel.from_pretrained(base, bundle / "lora").eval()
+        self.imagebind = load_imagebind(bundle / "imagebind.pth", ImageBindConfig(**manifest["imagebind"]["config"]))
+        proj = load_file(str(bundle / "projector.safetensors"))
+        self.proj_w, self.proj_b = proj["llama_proj.weight"], proj["llama_proj.bias"]
+        self.references = references()
+
+    @torch.inference_mode()
+    def embedding(self, modality: str, data: bytes) -> torch.Tensor:
+        """ImageBind's 1024-d embedding of one file, clips/crops averaged inside the model."""
+        branch, reference = self.references[modality]
+        x = torch.tensor(reference(data))[None]  # a copy: references may return read-only views
+        return self.imagebind({branch: x})[branch][0]
+
+    @torch.inference_mode()
+    def slot(self, media: list[tuple[str, bytes]]) -> torch.Tensor:
+        # Each medium projected with its bias, then summed: the bias counts once per medium.
+        out = torch.zeros(self.proj_b.shape)
+        for modality, data in media:
+            out += self.embedding(modality, data) @ self.proj_w.T + self.proj_b
+        return out
+
+    @staticmethod
+    def after_text(history: list[tuple[str, str]], message: str) -> str:
+        text = ""
+        for i, (q, a) in enumerate(history):
+            text += f"{q}\n### Assistant: {a}\n###" if i == 0 else f" Human: {q}\n### Assistant: {a}\n###"
+        text += f"{message}" if not history else f" Human: {message}"
+        return "</Img> " + text + "\n### Assistant:"
+
+    @torch.inference_mode()
+    def reply_ids(
+        self, history: list[tuple[str, str]], message: str, media: list[tuple[str, bytes]], max_tokens: int
+    ) -> list[int]:
+        table = self.llm.get_input_embeddings().weight
+        before = [1] + self.sp.encode("### Human: <Img>")  # BOS by hand, then the segment alone
+        after = self.sp.encode(self.after_text(history, message))
+        embeds = torch.cat([table[before], self.slot(media)[None], table[after]])[None]
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=2,
+            pad_token_id=2,
+        )[0].tolist()
+        # The stop rule, written out: at the first `##`, drop it and the token before it.
+        for k, token in enumerate(out):
+            if token in self.stop_ids:
+                return out[: max(k - 1, 0)]
+        return out[:-1] if out and out[-1] == 2 else out
