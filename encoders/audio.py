@@ -12,13 +12,13 @@ with PyAV, then our resampler.
 from __future__ import annotations
 
 import io
-from fractions import Fraction
 
 import av
 import numpy as np
 import soundfile as sf
 import torch
 
+from encoders.clips import clip_timepoints
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, UnsupportedMediaType
 from encoders.fbank import WINDOW_SIZE, fbank
 from encoders.limits import MediaLimits
@@ -27,7 +27,6 @@ from encoders.resample import kernel_elements, resample
 SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 128
 TARGET_LENGTH = 204
-CLIP_DURATION = 2
 CLIPS_PER_VIDEO = 3
 MEAN = -4.268  # AudioSet statistics ImageBind normalised with
 STD = 9.138
@@ -165,17 +164,6 @@ def decode_audio(data: bytes, field: str, limits: MediaLimits) -> torch.Tensor:
     return resample(torch.from_numpy(samples), rate, SAMPLE_RATE)
 
 
-def clip_timepoints(duration: float) -> list[tuple[Fraction, Fraction]]:
-    """ConstantClipsPerVideoSampler(clip_duration=2, clips_per_video=3), in its exact arithmetic.
-
-    `duration` is the float N / 16000; the float difference is converted to a Fraction exactly as
-    pytorchvideo did, so slice bounds int(t * 16000) truncate the same way.
-    """
-    max_start = Fraction(max(duration - Fraction(CLIP_DURATION), 0))
-    spacing = Fraction(max_start, max(CLIPS_PER_VIDEO - 1, 1))
-    return [(spacing * k, spacing * k + CLIP_DURATION) for k in range(CLIPS_PER_VIDEO)]
-
-
 def waveform2melspec(clip: torch.Tensor) -> torch.Tensor:
     """(channels, n) float32 -> (1, 128, 204) log-mel. Subtracts the mean IN PLACE, like the original."""
     clip -= clip.mean()  # over all channels; on a view, so the shared waveform changes too
@@ -192,7 +180,7 @@ def preprocess_audio(waveform: torch.Tensor) -> np.ndarray:
     # A private copy keeps the caller's tensor intact; the clips below must still share it.
     waveform = waveform.to(torch.float32, copy=True)
     mels = []
-    for start, end in clip_timepoints(waveform.size(1) / SAMPLE_RATE):
+    for start, end in clip_timepoints(waveform.size(1) / SAMPLE_RATE, CLIPS_PER_VIDEO):
         clip = waveform[:, int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
         mels.append(waveform2melspec(clip))
     # torchvision's Normalize: float32 mean and std tensors, subtract then divide.

@@ -14,7 +14,6 @@ import bisect
 import io
 import math
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 
 import av
 import av.error
@@ -22,16 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from encoders import image
+from encoders.clips import clip_timepoints
 from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 
 SIZE = 224
-CLIP_DURATION = 2  # seconds; an int as in the original, so clip ends stay exact Fractions
 CLIPS_PER_VIDEO = 5
 FRAMES_PER_CLIP = 2
 NUM_CROPS = 3
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float32)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float32)
+CLIP_MEAN = torch.from_numpy(image.CLIP_MEAN)
+CLIP_STD = torch.from_numpy(image.CLIP_STD)
 ACCEPTED = "MP4/MOV/M4V, WebM/MKV"
 # PyAV signals bad input with FFmpegError subclasses; a few paths raise plain ValueError (pixel
 # format conversion) or UnicodeDecodeError (metadata). All of them mean "these bytes are bad".
@@ -47,13 +47,6 @@ def sniff_video(data: bytes) -> str | None:
     return None
 
 
-def clip_timepoints(duration: float) -> list[tuple[Fraction, Fraction]]:
-    """ConstantClipsPerVideoSampler's clips, in its exact rational arithmetic."""
-    max_start = Fraction(max(duration - CLIP_DURATION, 0))
-    spacing = Fraction(max_start, max(CLIPS_PER_VIDEO - 1, 1))
-    return [(spacing * k, spacing * k + CLIP_DURATION) for k in range(CLIPS_PER_VIDEO)]
-
-
 def clip_frame_ranges(num_frames: int, fps: float) -> list[range]:
     """Frame indices of each clip, as EncodedVideoDecord.get_clip chose them.
 
@@ -62,7 +55,8 @@ def clip_frame_ranges(num_frames: int, fps: float) -> list[range]:
     """
     duration = num_frames / fps
     return [
-        range(math.ceil(fps * start), min(math.ceil(fps * end), num_frames)) for start, end in clip_timepoints(duration)
+        range(math.ceil(fps * start), min(math.ceil(fps * end), num_frames))
+        for start, end in clip_timepoints(duration, CLIPS_PER_VIDEO)
     ]
 
 

@@ -20,7 +20,8 @@ import soundfile as sf
 import torch
 
 import encoders.audio as audio_module
-from encoders.audio import clip_timepoints, load_audio, preprocess_audio, sniff_audio
+from encoders.audio import load_audio, preprocess_audio, sniff_audio
+from encoders.clips import clip_timepoints
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 from tests.encoders.test_fbank import reference_fbank
@@ -157,13 +158,17 @@ def assert_matches(ours: np.ndarray, expected: np.ndarray) -> None:
 
 
 def test_clip_timepoints() -> None:
-    assert clip_timepoints(1.0) == [(Fraction(0), Fraction(2))] * 3
-    assert clip_timepoints(2.0) == [(Fraction(0), Fraction(2))] * 3
-    assert clip_timepoints(4.0) == [(Fraction(0), Fraction(2)), (Fraction(1), Fraction(3)), (Fraction(2), Fraction(4))]
+    assert clip_timepoints(1.0, 3) == [(Fraction(0), Fraction(2))] * 3
+    assert clip_timepoints(2.0, 3) == [(Fraction(0), Fraction(2))] * 3
+    assert clip_timepoints(4.0, 3) == [
+        (Fraction(0), Fraction(2)),
+        (Fraction(1), Fraction(3)),
+        (Fraction(2), Fraction(4)),
+    ]
     # 7.3 s: the float 7.3 - 2 (exact: same binade) as a Fraction, split in two.
     spacing = (Fraction(7.3) - 2) / 2
     assert spacing != Fraction(53, 20)  # the float's rational value, not 2.65
-    clips = clip_timepoints(116_800 / 16_000)
+    clips = clip_timepoints(116_800 / 16_000, 3)
     assert clips == [(spacing * k, spacing * k + 2) for k in range(3)]
     assert all(isinstance(v, Fraction) for clip in clips for v in clip)
     assert clips == reference_clips(116_800 / 16_000)
@@ -174,7 +179,7 @@ def test_clip_timepoints() -> None:
 
 @pytest.mark.parametrize("samples", [16_000, 32_000, 48_000, 64_000, 116_800, 32_001, 47_999])
 def test_clip_timepoints_match_reference(samples: int) -> None:
-    assert clip_timepoints(samples / 16_000) == reference_clips(samples / 16_000)
+    assert clip_timepoints(samples / 16_000, 3) == reference_clips(samples / 16_000)
 
 
 def test_in_place_mean_subtraction_is_reproduced_and_matters() -> None:

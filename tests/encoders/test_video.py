@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 import encoders.video as video_module
+from encoders.clips import clip_timepoints
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 from encoders.video import (
-    clip_timepoints,
     load_video,
     sample_frames,
     sampled_indices,
@@ -201,7 +201,7 @@ def test_sniff() -> None:
 def test_clip_timepoints_are_exact_fractions(duration: float) -> None:
     max_start = Fraction(duration - 2) if duration > 2 else Fraction(0)
     expected = [(max_start * k / 4, max_start * k / 4 + 2) for k in range(5)]
-    got = clip_timepoints(duration)
+    got = clip_timepoints(duration, 5)
     assert got == expected
     assert all(isinstance(t, Fraction) for clip in got for t in clip)
     if duration <= 2:
@@ -209,7 +209,7 @@ def test_clip_timepoints_are_exact_fractions(duration: float) -> None:
 
 
 def test_clip_timepoints_ten_seconds() -> None:
-    assert clip_timepoints(10.0) == [(Fraction(2 * k), Fraction(2 * k + 2)) for k in range(5)]
+    assert clip_timepoints(10.0, 5) == [(Fraction(2 * k), Fraction(2 * k + 2)) for k in range(5)]
 
 
 @pytest.mark.parametrize(
