@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,12 +49,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server(demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server")) as base:
+        yield base
+
+
+@contextmanager
+def running_server(bundle: Path, redis_url: str, log_dir: Path) -> Iterator[str]:
     """`pandaserve serve` on a free port with sessions in Redis; yields the base URL once /readyz is 200."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log_path = log_dir / "server.log"
     env = {**os.environ, "REDIS_URL": redis_url, "PANDASERVE_KV_CACHE_GIB": "1", "PYTHONWARNINGS": "default"}
     env |= {k: str(v) for k, v in SERVER_LIMITS.items()}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(demo_bundle), "--port", str(port)]
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -20,6 +20,13 @@ from safetensors.torch import load_file
 from encoders.imagebind import ImageBindConfig, load_imagebind
 
 
+def peft_model(llm: Path, lora: Path) -> torch.nn.Module:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32), lora)
+
+
 def references() -> dict[str, tuple[str, Callable[[bytes], np.ndarray]]]:
     """modality -> (ImageBind branch, reference preprocessing), in PandaGPT's slot order."""
     from tests.encoders import test_audio, test_depth, test_image, test_imu, test_video
@@ -35,18 +42,17 @@ def references() -> dict[str, tuple[str, Callable[[bytes], np.ndarray]]]:
 
 
 class Oracle:
-    def __init__(self, bundle: Path) -> None:
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
+    def __init__(self, bundle: Path, llm: torch.nn.Module | None = None) -> None:
+        """`llm`: an HF + PEFT model loaded some other way; by default the bundle's, with PEFT's loader."""
         manifest = json.loads((bundle / "manifest.json").read_text())
-        self.sp = spm.SentencePieceProcessor(model_file=str(bundle / "llm" / "tokenizer.model"))
+        path = lambda p: bundle / p  # noqa: E731  (absolute manifest paths survive the join)
+        self.sp = spm.SentencePieceProcessor(model_file=str(path(manifest["llm"]) / "tokenizer.model"))
         self.stop_ids = manifest["stop_token_ids"]
-        base = AutoModelForCausalLM.from_pretrained(bundle / "llm", dtype=torch.float32)
-        self.llm = PeftModel.from_pretrained(base, bundle / "lora").eval()
-        self.imagebind = load_imagebind(bundle / "imagebind.pth", ImageBindConfig(**manifest["imagebind"]["config"]))
-        proj = load_file(str(bundle / "projector.safetensors"))
-        self.proj_w, self.proj_b = proj["llama_proj.weight"], proj["llama_proj.bias"]
+        self.llm = (llm or peft_model(path(manifest["llm"]), path(manifest["lora"]))).eval()
+        config = ImageBindConfig(**manifest["imagebind"]["config"])
+        self.imagebind = load_imagebind(path(manifest["imagebind"]["checkpoint"]), config)
+        proj = load_file(str(path(manifest["projector"])))
+        self.proj_w, self.proj_b = proj["llama_proj.weight"].float(), proj["llama_proj.bias"].float()
         self.references = references()
 
     @torch.inference_mode()

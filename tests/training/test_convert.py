@@ -161,7 +161,7 @@ def test_refuses_to_replace_a_non_bundle_or_its_inputs(demo_bundle: Path, tmp_pa
 # --- same model as the original PandaGPT loading -------------------------------------
 
 
-def _original_peft_model(llm: Path, delta: dict[str, torch.Tensor]) -> torch.nn.Module:
+def original_peft_model(llm: Path, delta: dict[str, torch.Tensor]) -> torch.nn.Module:
     """PandaGPT's way: get_peft_model with its LoraConfig, then its saved LoRA tensors by name."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -194,7 +194,7 @@ def test_same_greedy_reply_as_original_loading(
     converted: Path, demo_bundle: Path, delta: dict[str, torch.Tensor]
 ) -> None:
     llm = demo_bundle / "llm"
-    original = _original_peft_model(llm, delta)
+    original = original_peft_model(llm, delta)
     ours = _converted_peft_model(llm, converted)
     embeds = torch.randn(1, 12, HIDDEN_SIZE, generator=torch.Generator().manual_seed(7)) * 0.3
     mask = torch.ones(1, 12, dtype=torch.long)
