@@ -9,13 +9,16 @@ from pathlib import Path
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from service.lifecycle import DrainingServer
     from service.main import create_app
     from service.settings import Settings
 
     # Flags override the environment (PANDASERVE_*); unset flags leave it alone.
     overrides = {k: v for k, v in (("bundle", args.bundle), ("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s).run()
 
 
 def embed(args: argparse.Namespace) -> None:

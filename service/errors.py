@@ -29,6 +29,10 @@ class BadRequest(ServiceError):
     """Parameters that are well-formed but unusable (e.g. max_tokens beyond the context)."""
 
 
+class Unauthorized(ServiceError):
+    """No API key, or an unknown one."""
+
+
 class NotFound(ServiceError):
     pass
 
@@ -39,6 +43,12 @@ class Conflict(ServiceError):
 
 class Unprocessable(ServiceError):
     """Valid request shape, but the content cannot be served (e.g. a first turn without media)."""
+
+
+class TooManyRequests(ServiceError):
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotReady(ServiceError):
@@ -52,12 +62,14 @@ class EngineFailed(ServiceError):
 # exception class -> (HTTP status, error type). Order matters: first isinstance match wins.
 TABLE: list[tuple[type[Exception], int, str]] = [
     (BadRequest, 400, "invalid_request_error"),
+    (Unauthorized, 401, "authentication_error"),
     (NotFound, 404, "not_found_error"),
     (Conflict, 409, "conflict_error"),
     (Unprocessable, 422, "unprocessable_entity_error"),
     (MediaTooLarge, 413, "payload_too_large_error"),
     (UnsupportedMediaType, 415, "unsupported_media_type_error"),
     (InvalidMedia, 422, "invalid_media_error"),
+    (TooManyRequests, 429, "rate_limit_error"),
     (NotReady, 503, "service_unavailable_error"),
     (EngineFailed, 503, "engine_error"),
 ]
@@ -76,13 +88,23 @@ def envelope(kind: str, message: str, param: str | None = None) -> dict:
 
 def _param_of(exc: Exception) -> str | None:
     if isinstance(exc, MediaError):
-        return exc.field.split("[")[0]
+        # An upload "image[1]" is the form field "image"; a JSON path ("messages[0].content[1]") stays whole.
+        return exc.field if "." in exc.field else exc.field.split("[")[0]
     return getattr(exc, "param", None)
 
 
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+def error_response(exc: Exception) -> JSONResponse:
     status, kind = status_of(exc)
-    return JSONResponse(envelope(kind, str(exc), _param_of(exc)), status_code=status)
+    headers = {}
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(envelope(kind, str(exc), _param_of(exc)), status_code=status, headers=headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.errors import install_error_handlers
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics, MetricsMiddleware
 from service.resources import Resources
-from service.routes import chat, embeddings, ops, sessions
+from service.routes import chat, embeddings, openai, ops, sessions
 from service.settings import Settings, get_settings
 
 VERSION = "0.1.0"
@@ -30,9 +31,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="PandaServe", version=VERSION, lifespan=lifespan)
     app.state.metrics = metrics
+    app.state.lifecycle = Lifecycle()
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
-    for module in (chat, embeddings, sessions, ops):
+    for module in (chat, embeddings, sessions, openai, ops):
         app.include_router(module.router)
     return app

@@ -31,21 +31,6 @@ def conversation_text(history: Sequence[tuple[str, str]], message: str) -> str:
     return "</Img> " + text + "\n### Assistant:"
 
 
-def apply_stop_rule(token_ids: Sequence[int], stop_token_ids: Sequence[int], eos_token_id: int) -> list[int]:
-    """Trim a finished generation to the reply's tokens.
-
-    Stopped by `##` (the middle of "\\n###"): drop it and the token before it (the "\\n"), as the
-    original's `outputs[0][:-2]`. Stopped by EOS: drop only the EOS. Stopped by length: keep all
-    (the original dropped 2 tokens there too, a bug we do not reproduce).
-    """
-    ids = list(token_ids)
-    if ids and ids[-1] in stop_token_ids:
-        return ids[:-2]
-    if ids and ids[-1] == eos_token_id:
-        return ids[:-1]
-    return ids
-
-
 def weights_file(llm_dir: Path, key: str) -> Path:
     """The file of an HF checkpoint holding `key`: safetensors or PyTorch .bin, single or sharded."""
     for index, single in (

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from encoders.imagebind import ImageBindConfig, load_imagebind
 from encoders.pool import EncoderPool
 from encoders.projector import load_projector
+from service.auth import ApiKeys, read_keys
 from service.bundle import Bundle, load_bundle
 from service.chat import ChatService
 from service.engines.base import Engine, Sampling
 from service.errors import NotReady
 from service.metrics import Metrics
 from service.prompt import PromptBuilder
-from service.sessions import SessionStore, open_session_store
+from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service.sessions import RedisSessionStore, SessionStore, open_session_store
 from service.settings import Settings
 
 
@@ -25,11 +27,19 @@ class Resources:
     store: SessionStore
     pool: EncoderPool
     chat: ChatService
+    keys: ApiKeys
+    limiter: RateLimiter
 
     @classmethod
     async def build(cls, settings: Settings, metrics: Metrics) -> Resources:
         if settings.bundle is None:
             raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
+        keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
+        if not keys.enabled and settings.redis_url:
+            raise NotReady(
+                "set PANDASERVE_API_KEYS or PANDASERVE_API_KEYS_FILE: only the embedded default "
+                "(sessions in memory, no REDIS_URL) runs without API keys"
+            )
         bundle = load_bundle(settings.bundle)
         manifest = bundle.manifest
         imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**manifest.imagebind.config))
@@ -37,6 +47,12 @@ class Resources:
         prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
         store = open_session_store(settings.redis_url, settings.session_ttl_s)
         await store.ping()
+        rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency
+        limiter: RateLimiter = (
+            RedisRateLimiter(store.client, rpm, concurrency)
+            if isinstance(store, RedisSessionStore)
+            else MemoryRateLimiter(rpm, concurrency)
+        )
         # Imported here: vllm is heavy and only this path needs it (tests of the HTTP layer use fakes).
         from service.engines.vllm_local import LocalVLLMEngine
 
@@ -59,7 +75,7 @@ class Resources:
             metrics=metrics,
             defaults=defaults,
         )
-        return cls(bundle=bundle, engine=engine, store=store, pool=pool, chat=chat)
+        return cls(bundle=bundle, engine=engine, store=store, pool=pool, chat=chat, keys=keys, limiter=limiter)
 
     async def close(self) -> None:
         await self.store.close()

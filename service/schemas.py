@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.sessions import Session
 
@@ -36,15 +36,20 @@ class TurnView(BaseModel):
     created_at: float
 
 
+class SessionCreate(BaseModel):
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="your labels, returned as given")
+
+
 class SessionView(BaseModel):
     session_id: str
     created_at: float
+    metadata: dict[str, str]
     turns: list[TurnView]
 
     @classmethod
     def of(cls, session: Session) -> SessionView:
         # Never the raw bytes nor the embeddings: a summary of each medium.
-        hidden = {"turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}
+        hidden: Any = {"owner": True, "turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}
         return cls.model_validate(session.model_dump(exclude=hidden))
 
 

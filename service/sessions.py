@@ -48,11 +48,13 @@ class Turn(BaseModel):
 class Session(BaseModel):
     session_id: str
     created_at: float
+    owner: str | None = None  # the id of the API key that created it (None when auth is off)
+    metadata: dict[str, str] = Field(default_factory=dict)
     turns: list[Turn] = Field(default_factory=list)
 
     @classmethod
-    def new(cls) -> Session:
-        return cls(session_id=f"sess_{uuid.uuid4().hex}", created_at=time.time())
+    def new(cls, owner: str | None, metadata: dict[str, str] | None = None) -> Session:
+        return cls(session_id=f"sess_{uuid.uuid4().hex}", created_at=time.time(), owner=owner, metadata=metadata or {})
 
     def media(self) -> list[MediaRecord]:
         return [m for turn in self.turns for m in turn.media]
@@ -62,13 +64,24 @@ class Session(BaseModel):
 
 
 class SessionStore(Protocol):
-    async def get(self, session_id: str) -> Session | None: ...
+    async def get(self, session_id: str) -> Session | None:
+        """The session, its TTL refreshed (sessions expire after a TTL without use)."""
+        ...
 
     async def commit(self, session: Session, expected_turns: int) -> None:
         """Store `session` if the stored copy still has `expected_turns` turns (0 if absent), else Conflict."""
         ...
 
     async def delete(self, session_id: str) -> bool: ...
+
+    async def acquire(self, session_id: str, ttl_s: float) -> str | None:
+        """Lock the session for one turn: a token to release it with, or None if it is locked.
+        The lock expires after `ttl_s` so a crashed replica cannot hold it forever."""
+        ...
+
+    async def release(self, session_id: str, token: str) -> None:
+        """Unlock, if `token` still holds the lock."""
+        ...
 
     async def ping(self) -> None: ...
 
@@ -79,6 +92,7 @@ class MemorySessionStore:
     def __init__(self, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         self._items: dict[str, tuple[int, str, float]] = {}  # id -> (turns, json, expires_at)
+        self._locks: dict[str, tuple[str, float]] = {}  # id -> (token, expires_at)
 
     def _live(self, session_id: str) -> tuple[int, str, float] | None:
         item = self._items.get(session_id)
@@ -89,7 +103,10 @@ class MemorySessionStore:
 
     async def get(self, session_id: str) -> Session | None:
         item = self._live(session_id)
-        return Session.model_validate_json(item[1]) if item else None
+        if item is None:
+            return None
+        self._items[session_id] = (item[0], item[1], time.monotonic() + self.ttl_s)
+        return Session.model_validate_json(item[1])
 
     async def commit(self, session: Session, expected_turns: int) -> None:
         # No await between the check and the write: atomic on the event loop.
@@ -101,6 +118,18 @@ class MemorySessionStore:
 
     async def delete(self, session_id: str) -> bool:
         return self._items.pop(session_id, None) is not None
+
+    async def acquire(self, session_id: str, ttl_s: float) -> str | None:
+        held = self._locks.get(session_id)
+        if held is not None and held[1] > time.monotonic():
+            return None
+        token = uuid.uuid4().hex
+        self._locks[session_id] = (token, time.monotonic() + ttl_s)
+        return token
+
+    async def release(self, session_id: str, token: str) -> None:
+        if self._locks.get(session_id, ("",))[0] == token:
+            del self._locks[session_id]
 
     async def ping(self) -> None:
         return None
@@ -119,15 +148,27 @@ return 1
 """
 
 
+# KEYS[1] lock key; ARGV[1] token. Deletes the lock only if this token still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisSessionStore:
     def __init__(self, url: str, ttl_s: int, prefix: str = "pandaserve:session:") -> None:
         self.client = redis.from_url(url)
         self.ttl_s = ttl_s
         self.prefix = prefix
         self._commit = self.client.register_script(_COMMIT)
+        self._release = self.client.register_script(_RELEASE)
 
     async def get(self, session_id: str) -> Session | None:
-        data = await self.client.hget(self.prefix + session_id, "data")
+        key = self.prefix + session_id
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "data")
+            pipe.expire(key, self.ttl_s)  # refreshed on use
+            data, _ = await pipe.execute()
         return Session.model_validate_json(data) if data else None
 
     async def commit(self, session: Session, expected_turns: int) -> None:
@@ -137,6 +178,14 @@ class RedisSessionStore:
 
     async def delete(self, session_id: str) -> bool:
         return bool(await self.client.delete(self.prefix + session_id))
+
+    async def acquire(self, session_id: str, ttl_s: float) -> str | None:
+        token = uuid.uuid4().hex
+        locked = await self.client.set(f"{self.prefix}{session_id}:lock", token, nx=True, px=int(ttl_s * 1000))
+        return token if locked else None
+
+    async def release(self, session_id: str, token: str) -> None:
+        await self._release(keys=[f"{self.prefix}{session_id}:lock"], args=[token])
 
     async def ping(self) -> None:
         await self.client.ping()

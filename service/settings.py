@@ -15,6 +15,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PANDASERVE_", extra="ignore")
 
     bundle: Path | None = None
+    # Tenants: comma-separated keys and/or a mounted file with one key per line. None: auth off,
+    # allowed only for the embedded default (sessions in memory).
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+    rate_limit_rpm: int = Field(default=600, gt=0, description="requests per minute per API key")
+    rate_limit_concurrency: int = Field(default=32, gt=0, description="requests in flight per API key")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -38,6 +45,13 @@ class Settings(BaseSettings):
     max_video_pixels: int = Field(default=4096 * 2160, gt=0, description="one video frame: width x height")
     max_imu_samples: int = Field(default=100_000, gt=0)
     max_message_chars: int = Field(default=16_000, gt=0)
+
+    # OpenAI-compatible API (/v1). The model name clients send; default: the bundle directory's name.
+    served_model_name: str | None = None
+    # Remote media URLs in /v1 content parts: comma-separated hosts allowed (exact match); empty = off.
+    # Their size cap is max_file_bytes.
+    remote_media_hosts: str = ""
+    remote_media_timeout_s: float = Field(default=10.0, gt=0)
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(

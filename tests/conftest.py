@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 300
 # Tighter than the defaults, so the bad-input tests can exceed them with small files.
+# Two tenants. Sessions live in Redis, so the server requires API keys.
+API_KEY, OTHER_KEY = "test-key-1", "test-key-2"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SERVER_LIMITS = {
     "PANDASERVE_MAX_FILE_BYTES": 4 * 2**20,
     "PANDASERVE_MAX_IMAGE_SIDE": 8192,
@@ -49,24 +53,33 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def server(demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server")) as base:
-        yield base
+    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server")) as running:
+        yield running.url
+
+
+@dataclass
+class RunningServer:
+    url: str
+    proc: subprocess.Popen
 
 
 @contextmanager
-def running_server(bundle: Path, redis_url: str, log_dir: Path) -> Iterator[str]:
-    """`pandaserve serve` on a free port with sessions in Redis; yields the base URL once /readyz is 200."""
+def running_server(
+    bundle: Path, redis_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[RunningServer]:
+    """`pandaserve serve` on a free port with sessions in Redis, ready (/readyz is 200); `env` adds settings."""
     port = free_port()
     log_path = log_dir / "server.log"
     env = {**os.environ, "REDIS_URL": redis_url, "PANDASERVE_KV_CACHE_GIB": "1", "PYTHONWARNINGS": "default"}
-    env |= {k: str(v) for k, v in SERVER_LIMITS.items()}
+    env |= {k: str(v) for k, v in SERVER_LIMITS.items()} | {"PANDASERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}"}
+    env |= extra_env or {}
     cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc, log_path)
-        yield base
+        yield RunningServer(base, proc)
     finally:
         proc.terminate()
         try:
@@ -78,7 +91,7 @@ def running_server(bundle: Path, redis_url: str, log_dir: Path) -> Iterator[str]
 
 def wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    with httpx.Client(timeout=5) as client:
+    with httpx.Client(timeout=5) as client:  # /readyz needs no key
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")

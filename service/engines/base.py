@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +17,14 @@ class Sampling:
     top_k: int
     seed: int | None
     stop_token_ids: tuple[int, ...]
+    logprobs: int | None = None  # how many top alternatives per token, beside the sampled one
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), most likely first
 
 
 @dataclass(frozen=True)
@@ -25,12 +33,13 @@ class Delta:
 
     token_ids: list[int]
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token, when asked for
 
 
 class Engine(Protocol):
     max_model_len: int
 
-    def generate(self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling) -> AsyncIterator[Delta]:
+    def generate(self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling) -> AsyncGenerator[Delta, None]:
         """Stream deltas; closing the iterator early aborts the request in the engine."""
         ...
 

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 
 import torch
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.logprobs import Logprob
 from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from service.bundle import Bundle
-from service.engines.base import Delta, Sampling
+from service.engines.base import Delta, Sampling, TokenLogprob
 from service.errors import EngineFailed
 from service.settings import Settings
 
@@ -62,7 +63,9 @@ class LocalVLLMEngine:
         lora = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir else None
         return cls(llm, lora, dtype)
 
-    async def generate(self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling) -> AsyncIterator[Delta]:
+    async def generate(
+        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling
+    ) -> AsyncGenerator[Delta, None]:
         params = SamplingParams(
             max_tokens=sampling.max_tokens,
             temperature=sampling.temperature,
@@ -70,6 +73,7 @@ class LocalVLLMEngine:
             top_k=sampling.top_k,
             seed=sampling.seed,
             stop_token_ids=list(sampling.stop_token_ids),
+            logprobs=sampling.logprobs,
             detokenize=False,  # the service decodes with SentencePiece, as the original did
             output_kind=RequestOutputKind.DELTA,
         )
@@ -81,7 +85,14 @@ class LocalVLLMEngine:
             async for output in stream:
                 completion = output.outputs[0]
                 finished = output.finished
-                yield Delta(list(completion.token_ids), completion.finish_reason if finished else None)
+                yield Delta(
+                    list(completion.token_ids),
+                    completion.finish_reason if finished else None,
+                    # a list of dicts (we do not ask for flat_logprobs)
+                    token_logprobs(completion.token_ids, completion.logprobs)  # type: ignore[arg-type]
+                    if sampling.logprobs is not None
+                    else None,
+                )
         except EngineDeadError as exc:
             raise EngineFailed("the inference engine stopped; retry later") from exc
         finally:
@@ -93,3 +104,11 @@ class LocalVLLMEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Mapping[int, Logprob]] | None) -> list[TokenLogprob]:
+    out = []
+    for token_id, ranked in zip(token_ids, logprobs or [], strict=False):
+        top = sorted(((t, lp.logprob) for t, lp in ranked.items()), key=lambda item: -item[1])
+        out.append(TokenLogprob(token_id, ranked[token_id].logprob, top))
+    return out

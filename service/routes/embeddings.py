@@ -11,13 +11,13 @@ import hashlib
 from fastapi import APIRouter
 
 from encoders.pool import EncoderPool, MediaInput
-from service.deps import ResourcesDep
+from service.deps import ADMITTED, OwnerDep, ResourcesDep
 from service.errors import Unprocessable
 from service.routes.chat import ERRORS
 from service.schemas import Embedding, EmbeddingsResponse
 from service.uploads import MediaUploads
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], dependencies=ADMITTED)
 
 
 async def embed(pool: EncoderPool, media: list[MediaInput]) -> EmbeddingsResponse:
@@ -37,5 +37,5 @@ async def embed(pool: EncoderPool, media: list[MediaInput]) -> EmbeddingsRespons
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
-async def embeddings(resources: ResourcesDep, media: MediaUploads) -> EmbeddingsResponse:
+async def embeddings(resources: ResourcesDep, owner: OwnerDep, media: MediaUploads) -> EmbeddingsResponse:
     return await embed(resources.pool, media)

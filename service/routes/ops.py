@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from service.deps import MetricsDep, ResourcesDep
 from service.errors import NotReady
@@ -19,8 +19,10 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: ERRORS[503]})
-async def readyz(resources: ResourcesDep) -> Health:
-    """Engine, encoders and session store can serve a turn."""
+async def readyz(resources: ResourcesDep, request: Request) -> Health:
+    """Engine, encoders and session store can serve a turn (and the server is not draining)."""
+    if request.app.state.lifecycle.draining:
+        raise NotReady("the server is shutting down")
     try:
         await resources.engine.check_health()
         await resources.store.ping()

@@ -13,7 +13,7 @@ import redis
 import soundfile as sf
 from PIL import Image
 
-from tests.conftest import SERVER_LIMITS
+from tests.conftest import AUTH, SERVER_LIMITS
 from tests.media import depth_png16, imu_npy, picture, video, wav
 
 KEY_PREFIX = "pandaserve:session:"
@@ -94,7 +94,7 @@ assert len(CORPUS) >= 40
 
 @pytest.fixture(scope="module")
 def client(server: str) -> httpx.Client:
-    with httpx.Client(base_url=server, timeout=120) as c:
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as c:
         yield c
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import running_server
+from tests.conftest import AUTH, running_server
 from tests.media import valid
 from tests.oracle import Oracle
 from tests.training.test_convert import make_delta, original_peft_model, save_delta
@@ -34,8 +34,8 @@ def converted(demo_bundle: Path, delta: dict[str, torch.Tensor], tmp_path_factor
 
 @pytest.fixture(scope="module")
 def converted_server(converted: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(converted, redis_url, tmp_path_factory.mktemp("converted-server")) as base:
-        yield base
+    with running_server(converted, redis_url, tmp_path_factory.mktemp("converted-server")) as running:
+        yield running.url
 
 
 def test_served_reply_equals_the_original_loading(
@@ -45,7 +45,7 @@ def test_served_reply_equals_the_original_loading(
     media = [("image", valid("image", 40)), ("audio", valid("audio", 41))]
     history: list[tuple[str, str]] = []
     session_id = None
-    with httpx.Client(base_url=converted_server, timeout=120) as client:
+    with httpx.Client(base_url=converted_server, timeout=120, headers=AUTH) as client:
         for turn, message in enumerate(["What is this?", "Tell me more."]):
             form = {"message": message, "temperature": "0", "max_tokens": str(MAX_TOKENS), "return_token_ids": "true"}
             form |= {"session_id": session_id} if session_id else {}

@@ -11,6 +11,8 @@ import redis
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import AUTH
+
 KEY_PREFIX = "pandaserve:session:"
 
 
@@ -22,7 +24,7 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (256, 192)) -> byt
 
 @pytest.fixture(scope="module")
 def client(server: str) -> httpx.Client:
-    with httpx.Client(base_url=server, timeout=120) as c:
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as c:
         yield c
 
 
@@ -155,7 +157,7 @@ async def test_sixteen_concurrent_staggered_lora_requests(server: str) -> None:
         r = await client.post("/chat", data=data, files=[("image", ("a.png", images[0]))])
         return r.status_code
 
-    async with httpx.AsyncClient(base_url=server, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=server, timeout=120, headers=AUTH) as client:
         statuses = await asyncio.gather(*(one(i, client) for i in range(16)))
         assert statuses == [200] * 16
         assert (await client.get("/readyz")).status_code == 200

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import AUTH, REPO
 from tests.media import valid
 from tests.oracle import Oracle
 
@@ -27,7 +27,7 @@ def oracle(demo_bundle: Path) -> Oracle:
 
 @pytest.fixture(scope="module")
 def client(server: str) -> httpx.Client:
-    with httpx.Client(base_url=server, timeout=120) as c:
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as c:
         yield c
 
 

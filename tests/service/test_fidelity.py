@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import AUTH
 from tests.media import valid
 from tests.oracle import Oracle
 
@@ -45,7 +46,7 @@ def test_greedy_reply_ids_equal_hf_peft(server: str, oracle: Oracle, case: str) 
     history: list[tuple[str, str]] = []
     media_so_far: list[tuple[str, bytes]] = []
     session_id = None
-    with httpx.Client(base_url=server, timeout=120) as client:
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as client:
         for turn, media in enumerate(CASES[case]):
             files = {(m, seed): valid(m, seed) for m, seed in media}
             form = {"message": QUESTIONS[turn], "temperature": "0", "max_tokens": str(MAX_TOKENS)}

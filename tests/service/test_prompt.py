@@ -14,13 +14,9 @@ from service.prompt import (
     EMBED_KEY,
     PROMPT_START,
     PromptBuilder,
-    apply_stop_rule,
     conversation_text,
     load_token_embeddings,
 )
-
-STOP = (7,)
-EOS = 2
 
 
 def test_prompt_start_is_the_original_string() -> None:
@@ -35,20 +31,6 @@ def test_history_format_of_the_web_demo() -> None:
     history = [("q1", " a1"), ("q2", "a2\n")]
     expected = "</Img> q1\n### Assistant:  a1\n### Human: q2\n### Assistant: a2\n\n### Human: q3\n### Assistant:"
     assert conversation_text(history, "q3") == expected
-
-
-def test_stop_token_drops_itself_and_the_separator_before_it() -> None:
-    assert apply_stop_rule([5, 6, 13, 7], STOP, EOS) == [5, 6]
-    assert apply_stop_rule([7], STOP, EOS) == []
-
-
-def test_eos_drops_only_itself() -> None:
-    assert apply_stop_rule([5, 6, 2], STOP, EOS) == [5, 6]
-
-
-def test_length_stop_keeps_every_token() -> None:
-    # The original dropped two tokens here too; a bug we do not reproduce.
-    assert apply_stop_rule([5, 6, 13], STOP, EOS) == [5, 6, 13]
 
 
 def test_build_places_bos_segments_and_slot(demo_bundle: Path) -> None:

@@ -36,7 +36,7 @@ def test_media_record_round_trips_the_embedding() -> None:
 
 
 async def test_commit_then_get(store: SessionStore) -> None:
-    session = Session.new()
+    session = Session.new(None)
     session.turns.append(turn("hi", [MediaRecord.of("image", "0" * 64, 10, torch.ones(4))]))
     await store.commit(session, expected_turns=0)
     loaded = await store.get(session.session_id)
@@ -49,7 +49,7 @@ async def test_unknown_session_is_none(store: SessionStore) -> None:
 
 
 async def test_stale_commit_conflicts_and_changes_nothing(store: SessionStore) -> None:
-    session = Session.new()
+    session = Session.new(None)
     session.turns.append(turn("one"))
     await store.commit(session, expected_turns=0)
 
@@ -64,7 +64,7 @@ async def test_stale_commit_conflicts_and_changes_nothing(store: SessionStore) -
 
 
 async def test_concurrent_commits_let_exactly_one_win(store: SessionStore) -> None:
-    session = Session.new()
+    session = Session.new(None)
     candidates = []
     for i in range(8):
         c = session.model_copy(deep=True)
@@ -76,7 +76,7 @@ async def test_concurrent_commits_let_exactly_one_win(store: SessionStore) -> No
 
 
 async def test_delete(store: SessionStore) -> None:
-    session = Session.new()
+    session = Session.new(None)
     session.turns.append(turn("x"))
     await store.commit(session, 0)
     assert await store.delete(session.session_id)
@@ -86,7 +86,7 @@ async def test_delete(store: SessionStore) -> None:
 
 async def test_memory_sessions_expire() -> None:
     store = MemorySessionStore(ttl_s=1)
-    session = Session.new()
+    session = Session.new(None)
     session.turns.append(turn("x"))
     await store.commit(session, 0)
     store._items[session.session_id] = store._items[session.session_id][:2] + (time.monotonic() - 1,)
@@ -95,9 +95,32 @@ async def test_memory_sessions_expire() -> None:
 
 async def test_redis_sessions_carry_the_ttl(redis_url: str) -> None:
     store = RedisSessionStore(redis_url, ttl_s=123, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
-    session = Session.new()
+    session = Session.new(None)
     session.turns.append(turn("x"))
     await store.commit(session, 0)
     ttl = await store.client.ttl(store.prefix + session.session_id)
     await store.close()
     assert 0 < ttl <= 123
+
+
+async def test_locks_are_exclusive_expire_and_release_only_with_their_token(store: SessionStore) -> None:
+    token = await store.acquire("sess_x", ttl_s=60)
+    assert token is not None
+    assert await store.acquire("sess_x", ttl_s=60) is None
+    await store.release("sess_x", "not-the-token")
+    assert await store.acquire("sess_x", ttl_s=60) is None
+    await store.release("sess_x", token)
+    short = await store.acquire("sess_x", ttl_s=0.05)
+    assert short is not None
+    await asyncio.sleep(0.1)  # a crashed holder's lock expires
+    assert await store.acquire("sess_x", ttl_s=60) is not None
+
+
+async def test_get_refreshes_the_ttl(redis_url: str) -> None:
+    store = RedisSessionStore(redis_url, ttl_s=100, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
+    session = Session.new("owner")
+    await store.commit(session, 0)
+    await store.client.expire(store.prefix + session.session_id, 5)
+    assert await store.get(session.session_id) == session
+    assert await store.client.ttl(store.prefix + session.session_id) > 5
+    await store.close()
