@@ -186,6 +186,7 @@ class ChatService:
         self, history: list[tuple[str, str]], message: str, media: list[MediaRecord], request: SamplingRequest
     ) -> AsyncGenerator[TurnEvent, None]:
         """The prompt for this turn, then its reply as events; counts generations that end early."""
+        started = time.perf_counter()
         # Media of every turn so far, in order, join the one slot (the original reused the first turn's).
         with torch.inference_mode():
             slot = self.projector.slot(torch.stack([m.vector() for m in media]))
@@ -193,7 +194,7 @@ class ChatService:
         sampling = self.sampling(request, len(prompt))
         completed = False
         try:
-            async with aclosing(self._stream(prompt, sampling, request)) as events:
+            async with aclosing(self._stream(prompt, sampling, request, started)) as events:
                 async for event in events:
                     completed = isinstance(event, TurnResult)
                     yield event
@@ -202,7 +203,7 @@ class ChatService:
                 self.metrics.aborted.inc()
 
     async def _stream(
-        self, prompt: torch.Tensor, sampling: Sampling, request: SamplingRequest
+        self, prompt: torch.Tensor, sampling: Sampling, request: SamplingRequest, started: float
     ) -> AsyncGenerator[TurnEvent, None]:
         """Stream the reply, releasing text as soon as it is final.
 
@@ -215,9 +216,11 @@ class ChatService:
         reply = _Reply()
         held: tuple[int, TokenLogprob | None] | None = None
         generated, finish_reason, stopped_text = 0, "length", None
+        first_at = last_at = started
         # aclosing: leaving the loop early closes the engine's stream at once, which aborts the request.
         async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling)) as deltas:
             async for delta in deltas:
+                first_at, last_at = self._observe_timing(delta.token_ids, generated, started, first_at, last_at)
                 no_logprobs: list[TokenLogprob | None] = [None] * len(delta.token_ids)
                 logprobs = delta.logprobs or no_logprobs
                 for token, logprob in zip(delta.token_ids, logprobs, strict=True):
@@ -250,6 +253,9 @@ class ChatService:
             )
         self.metrics.prompt_tokens.inc(len(prompt))
         self.metrics.generation_tokens.inc(generated)
+        self.metrics.e2e_latency.observe(last_at - started)
+        if generated > 1:
+            self.metrics.time_per_output_token.observe((last_at - first_at) / (generated - 1))
         yield TurnResult(
             None,
             text,
@@ -259,6 +265,18 @@ class ChatService:
             reply.ids,
             reply.logprobs if request.logprobs is not None else None,
         )
+
+    def _observe_timing(
+        self, tokens: list[int], generated: int, started: float, first_at: float, last_at: float
+    ) -> tuple[float, float]:
+        """TTFT on the first delta; inter-token latency spread over the tokens of every later one."""
+        now = time.perf_counter()
+        if generated == 0:
+            self.metrics.time_to_first_token.observe(now - started)
+            return now, now
+        for _ in tokens:
+            self.metrics.inter_token_latency.observe((now - last_at) / max(len(tokens), 1))
+        return first_at, now
 
     @staticmethod
     def _release(reply: _Reply, token: tuple[int, TokenLogprob | None]) -> None:

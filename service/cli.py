@@ -10,14 +10,16 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.lifecycle import DrainingServer
+    from service.logs import configure_logging
     from service.main import create_app
     from service.settings import Settings
 
     # Flags override the environment (PANDASERVE_*); unset flags leave it alone.
     overrides = {k: v for k, v in (("bundle", args.bundle), ("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings(**overrides)
+    configure_logging(args.log_level)
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, log_config=None)
     DrainingServer(config, app.state.lifecycle, settings.drain_timeout_s).run()
 
 

@@ -121,7 +121,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", extra={"request_id": getattr(request.state, "request_id", None)})
+    log.exception("unhandled error on %s %s", request.method, request.url.path)  # the JSON line carries the id
     return JSONResponse(envelope("internal_error", "internal server error"), status_code=500)
 
 

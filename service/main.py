@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from service.errors import install_error_handlers
 from service.lifecycle import Lifecycle
+from service.logs import RequestIdMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.resources import Resources
 from service.routes import chat, embeddings, openai, ops, sessions
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifecycle = Lifecycle()
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     install_error_handlers(app)
     for module in (chat, embeddings, sessions, openai, ops):
         app.include_router(module.router)

@@ -43,7 +43,7 @@ class Resources:
         bundle = load_bundle(settings.bundle)
         manifest = bundle.manifest
         imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**manifest.imagebind.config))
-        pool = EncoderPool(imagebind, settings.media_limits(), manifest.modalities)
+        pool = EncoderPool(imagebind, settings.media_limits(), manifest.modalities, observer=metrics)
         prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
         store = open_session_store(settings.redis_url, settings.session_ttl_s)
         await store.ping()

@@ -22,7 +22,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from service.chat import TextDelta, TurnEvent, TurnResult
-from service.deps import ChatDep, OwnerDep, ResourcesDep, SettingsDep
+from service.deps import ADMITTED, ChatDep, OwnerDep, ResourcesDep, SettingsDep
 from service.engines.base import TokenLogprob
 from service.errors import NotFound, envelope, status_of
 from service.openai import (
@@ -44,7 +44,7 @@ from service.settings import Settings
 from service.sse import sse
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=ADMITTED)
 
 STREAM: dict[int | str, dict] = {
     200: {

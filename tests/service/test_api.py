@@ -136,3 +136,58 @@ def test_client_disconnect_aborts_and_commits_nothing(client: httpx.Client, raw_
     assert metric(client, "pandaserve_aborted_generations") == aborted + 1
     assert raw_redis.hgetall(KEY_PREFIX + sid) == before
     assert turn(client, "Still here?", sid).status_code == 200  # and the lock is free
+
+
+def test_request_ids_are_honoured_or_created(client: httpx.Client) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    created = client.get("/healthz").headers["x-request-id"]
+    assert len(created) == 32
+    assert client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"] != "bad id"
+
+
+METRICS = [
+    "pandaserve_requests",
+    "pandaserve_request_duration_seconds",
+    "pandaserve_requests_in_flight",
+    "pandaserve_prompt_tokens",
+    "pandaserve_generation_tokens",
+    "pandaserve_time_to_first_token_seconds",
+    "pandaserve_inter_token_latency_seconds",
+    "pandaserve_time_per_output_token_seconds",
+    "pandaserve_e2e_request_latency_seconds",
+    "pandaserve_queue_time_seconds",
+    "pandaserve_media_decode_seconds",
+    "pandaserve_media_encode_seconds",
+    "pandaserve_encoder_batch_size",
+    "pandaserve_aborted_generations",
+]
+
+
+def test_every_metric_is_exposed_and_moves_with_traffic(client: httpx.Client) -> None:
+    def counts() -> dict[str, float]:
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert set(METRICS) <= set(families)
+        return {
+            name: sum(s.value for s in families[name].samples if s.name.endswith(("_count", "_total")))
+            for name in METRICS
+        }
+
+    before = counts()
+    files = [("image", ("a.png", picture(5, (64, 64)))), ("image", ("b.png", picture(6, (80, 64))))]
+    assert client.post("/chat", data={"message": "Count me", "max_tokens": "5"}, files=files).status_code == 200
+    after = counts()
+    for name in (
+        "pandaserve_requests",
+        "pandaserve_request_duration_seconds",
+        "pandaserve_prompt_tokens",
+        "pandaserve_generation_tokens",
+        "pandaserve_time_to_first_token_seconds",
+        "pandaserve_inter_token_latency_seconds",
+        "pandaserve_time_per_output_token_seconds",
+        "pandaserve_e2e_request_latency_seconds",
+        "pandaserve_queue_time_seconds",
+        "pandaserve_media_decode_seconds",
+        "pandaserve_media_encode_seconds",
+        "pandaserve_encoder_batch_size",
+    ):
+        assert after[name] > before[name], name
