@@ -55,6 +55,10 @@ class NotReady(ServiceError):
     pass
 
 
+class StoreUnavailable(NotReady):
+    """Redis (sessions, rate limits) cannot be reached; the client retries, the service reconnects by itself."""
+
+
 class EngineFailed(ServiceError):
     """The inference engine died or rejected the request."""
 

@@ -13,6 +13,7 @@ from typing import Protocol
 import redis.asyncio as redis
 
 from service.errors import TooManyRequests
+from service.sessions import redis_available
 
 
 class RateLimiter(Protocol):
@@ -79,11 +80,13 @@ class RedisRateLimiter:
 
     async def enter(self, tenant: str) -> None:
         args = [self.rpm, self.concurrency, int(time.time() * 1000)]
-        verdict = int(await self._enter(keys=self._keys(tenant), args=args))
+        async with redis_available():
+            verdict = int(await self._enter(keys=self._keys(tenant), args=args))
         if verdict == -1:
             raise _refused_by_concurrency(self.concurrency)
         if verdict > 0:
             raise _refused_by_rate(verdict / 1000, self.rpm)
 
     async def leave(self, tenant: str) -> None:
-        await self.client.decr(self._keys(tenant)[1])
+        async with redis_available():
+            await self.client.decr(self._keys(tenant)[1])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 import numpy as np
@@ -18,7 +20,7 @@ import redis.asyncio as redis
 import torch
 from pydantic import BaseModel, Field
 
-from service.errors import Conflict
+from service.errors import Conflict, StoreUnavailable
 
 
 class MediaRecord(BaseModel):
@@ -138,6 +140,15 @@ class MemorySessionStore:
         return None
 
 
+@asynccontextmanager
+async def redis_available() -> AsyncIterator[None]:
+    """Redis unreachable -> StoreUnavailable (503). redis-py reconnects on the next call once it is back."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable("the session store (Redis) is unavailable; retry shortly") from exc
+
+
 # KEYS[1] session hash; ARGV: expected turns, new turns, json, ttl seconds.
 _COMMIT = """
 local turns = redis.call('HGET', KEYS[1], 'turns')
@@ -164,31 +175,37 @@ class RedisSessionStore:
         self._release = self.client.register_script(_RELEASE)
 
     async def get(self, session_id: str) -> Session | None:
-        key = self.prefix + session_id
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hget(key, "data")
-            pipe.expire(key, self.ttl_s)  # refreshed on use
-            data, _ = await pipe.execute()
-        return Session.model_validate_json(data) if data else None
+        async with redis_available():
+            key = self.prefix + session_id
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hget(key, "data")
+                pipe.expire(key, self.ttl_s)  # refreshed on use
+                data, _ = await pipe.execute()
+            return Session.model_validate_json(data) if data else None
 
     async def commit(self, session: Session, expected_turns: int) -> None:
-        args: list[str | int] = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
-        if not await self._commit(keys=[self.prefix + session.session_id], args=args):
-            raise Conflict("the session changed during this turn; retry", param="session_id")
+        async with redis_available():
+            args: list[str | int] = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
+            if not await self._commit(keys=[self.prefix + session.session_id], args=args):
+                raise Conflict("the session changed during this turn; retry", param="session_id")
 
     async def delete(self, session_id: str) -> bool:
-        return bool(await self.client.delete(self.prefix + session_id))
+        async with redis_available():
+            return bool(await self.client.delete(self.prefix + session_id))
 
     async def acquire(self, session_id: str, ttl_s: float) -> str | None:
-        token = uuid.uuid4().hex
-        locked = await self.client.set(f"{self.prefix}{session_id}:lock", token, nx=True, px=int(ttl_s * 1000))
-        return token if locked else None
+        async with redis_available():
+            token = uuid.uuid4().hex
+            locked = await self.client.set(f"{self.prefix}{session_id}:lock", token, nx=True, px=int(ttl_s * 1000))
+            return token if locked else None
 
     async def release(self, session_id: str, token: str) -> None:
-        await self._release(keys=[f"{self.prefix}{session_id}:lock"], args=[token])
+        async with redis_available():
+            await self._release(keys=[f"{self.prefix}{session_id}:lock"], args=[token])
 
     async def ping(self) -> None:
-        await self.client.ping()
+        async with redis_available():
+            await self.client.ping()
 
     async def close(self) -> None:
         await self.client.aclose()

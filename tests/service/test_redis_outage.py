@@ -1,0 +1,102 @@
+"""Redis stops mid-run: turns get a clear 503 (never a 500) and readiness fails; when Redis is back the
+service recovers without a restart, and no committed turn is lost."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import AUTH, RunningServer, free_port, running_server
+from tests.media import picture
+
+IMAGE = [("image", ("a.png", picture(2, (64, 64))))]
+
+
+class OwnRedis:
+    """A Redis of this test's own, with an append-only file so its data survives a restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir, self.port = directory, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.dir),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
+    r = OwnRedis(tmp_path_factory.mktemp("redis"))
+    r.start()
+    yield r
+    if r.proc is not None and r.proc.poll() is None:
+        r.stop()
+
+
+@pytest.fixture(scope="module")
+def served(demo_bundle: Path, own_redis: OwnRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(demo_bundle, own_redis.url, tmp_path_factory.mktemp("outage")) as running:
+        yield running
+
+
+def test_redis_outage_is_503_and_the_service_recovers(served: RunningServer, own_redis: OwnRedis) -> None:
+    with httpx.Client(base_url=served.url, headers=AUTH, timeout=120) as client:
+        first = client.post("/chat", data={"message": "Before", "max_tokens": "4"}, files=IMAGE)
+        assert first.status_code == 200
+        sid = first.json()["session_id"]
+
+        own_redis.stop()
+        during = client.post("/chat", data={"message": "During", "max_tokens": "4", "session_id": sid})
+        assert during.status_code == 503, during.text
+        assert "session store (Redis) is unavailable" in during.json()["error"]["message"]
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+        own_redis.start()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/readyz").status_code == 200  # no restart needed
+        after = client.post("/chat", data={"message": "After", "max_tokens": "4", "session_id": sid})
+        assert after.status_code == 200, after.text
+        turns = client.get(f"/sessions/{sid}").json()["turns"]
+        assert [t["message"] for t in turns] == ["Before", "After"]  # nothing committed was lost
