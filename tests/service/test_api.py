@@ -142,7 +142,8 @@ def test_request_ids_are_honoured_or_created(client: httpx.Client) -> None:
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     created = client.get("/healthz").headers["x-request-id"]
     assert len(created) == 32
-    assert client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"] != "bad id"
+    replaced = client.get("/healthz", headers={"X-Request-ID": "bad id; with spaces"}).headers["x-request-id"]
+    assert len(replaced) == 32 and replaced != created
 
 
 METRICS = [
@@ -176,18 +177,6 @@ def test_every_metric_is_exposed_and_moves_with_traffic(client: httpx.Client) ->
     files = [("image", ("a.png", picture(5, (64, 64)))), ("image", ("b.png", picture(6, (80, 64))))]
     assert client.post("/chat", data={"message": "Count me", "max_tokens": "5"}, files=files).status_code == 200
     after = counts()
-    for name in (
-        "pandaserve_requests",
-        "pandaserve_request_duration_seconds",
-        "pandaserve_prompt_tokens",
-        "pandaserve_generation_tokens",
-        "pandaserve_time_to_first_token_seconds",
-        "pandaserve_inter_token_latency_seconds",
-        "pandaserve_time_per_output_token_seconds",
-        "pandaserve_e2e_request_latency_seconds",
-        "pandaserve_queue_time_seconds",
-        "pandaserve_media_decode_seconds",
-        "pandaserve_media_encode_seconds",
-        "pandaserve_encoder_batch_size",
-    ):
+    # All but the in-flight gauge (back where it was) and the abort counter (nothing was aborted).
+    for name in set(METRICS) - {"pandaserve_requests_in_flight", "pandaserve_aborted_generations"}:
         assert after[name] > before[name], name
