@@ -121,7 +121,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return JSONResponse(envelope("http_error", str(exc.detail)), status_code=exc.status_code)
+    kind = "payload_too_large_error" if exc.status_code == 413 else "http_error"
+    return JSONResponse(envelope(kind, str(exc.detail)), status_code=exc.status_code)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

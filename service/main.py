@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
 from service.lifecycle import Lifecycle
 from service.logs import RequestIdMiddleware
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.lifecycle = Lifecycle()
     app.dependency_overrides[get_settings] = lambda: settings
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     install_error_handlers(app)

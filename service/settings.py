@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     # Request limits.
     max_file_bytes: int = Field(default=20 * 2**20, gt=0)
+    max_body_bytes: int = Field(default=100 * 2**20, gt=0, description="a whole request, enforced while it streams in")
     max_files_per_modality: int = Field(default=4, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="image, thermal, depth: width x height")
     max_image_side: int = Field(default=16_384, gt=0)
