@@ -13,6 +13,10 @@ class MediaError(Exception):
 class MediaTooLarge(MediaError):
     """Bytes, pixels or duration over a configured limit."""
 
+    @classmethod
+    def bytes_over(cls, field: str, limit: int) -> MediaTooLarge:
+        return cls(field, f"the file is larger than the limit of {limit} bytes")
+
 
 class UnsupportedMediaType(MediaError):
     """The bytes are not a format this modality accepts."""

@@ -61,6 +61,15 @@ class TurnResult:
 TurnEvent = TextDelta | TurnResult
 
 
+async def final_result(first: TurnEvent, events: AsyncGenerator[TurnEvent, None]) -> TurnResult:
+    """A whole turn, not streamed: skip its deltas to its result (closing the stream on every path)."""
+    async with aclosing(events):
+        event = first
+        while not isinstance(event, TurnResult):
+            event = await anext(events)
+    return event
+
+
 @dataclass
 class _Reply:
     """The reply being released while the engine generates (see `_stream`)."""

@@ -249,7 +249,7 @@ async def _media_bytes(part: Any, modality: str, field: str, settings: Settings)
         else:
             raise BadRequest(f"{field}: the URL must be a data: URL (or http(s), when enabled)", param=field)
     if len(data) > limit:
-        raise MediaTooLarge(field, f"the file is larger than the limit of {limit} bytes")
+        raise MediaTooLarge.bytes_over(field, limit)
     return data
 
 

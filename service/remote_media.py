@@ -38,7 +38,7 @@ DATA_URL = re.compile(r"data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*),", re.IGNORE
 def decode_base64(data: str, field: str, limit: int) -> bytes:
     data = "".join(data.split())  # line breaks are common in base64
     if len(data) // 4 * 3 - 2 > limit:  # decoded size, before decoding
-        raise MediaTooLarge(field, f"the file is larger than the limit of {limit} bytes")
+        raise MediaTooLarge.bytes_over(field, limit)
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -95,7 +95,6 @@ async def fetch(url: str, *, hosts: frozenset[str], timeout_s: float, max_bytes:
 
 
 async def _get(url: httpx.URL, timeout_s: float, max_bytes: int, field: str) -> bytes:
-    too_large = f"the file is larger than the limit of {max_bytes} bytes"
     async with (
         httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, trust_env=False) as client,
         client.stream("GET", url, headers={"accept-encoding": "identity"}) as response,
@@ -106,10 +105,10 @@ async def _get(url: httpx.URL, timeout_s: float, max_bytes: int, field: str) -> 
             raise BadRequest(f"{field}: the URL answered HTTP {response.status_code}", param=field)
         length = response.headers.get("content-length", "")
         if length.isdigit() and int(length) > max_bytes:
-            raise MediaTooLarge(field, too_large)
+            raise MediaTooLarge.bytes_over(field, max_bytes)
         body = bytearray()
         async for chunk in response.aiter_bytes():  # decoded if the server compressed anyway; capped all the same
             body += chunk
             if len(body) > max_bytes:
-                raise MediaTooLarge(field, too_large)
+                raise MediaTooLarge.bytes_over(field, max_bytes)
         return bytes(body)

@@ -16,7 +16,7 @@ async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
     # Read one byte past the limit: enough to know it is too large without reading it all.
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise MediaTooLarge(field, f"the file is larger than the limit of {limit} bytes")
+        raise MediaTooLarge.bytes_over(field, limit)
     return data
 
 

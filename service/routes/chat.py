@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 from fastapi.responses import StreamingResponse
 
-from service.chat import SamplingRequest, TextDelta, TurnEvent, TurnResult
+from service.chat import SamplingRequest, TextDelta, TurnEvent, TurnResult, final_result
 from service.deps import ADMITTED, ChatDep, OwnerDep, SettingsDep
 from service.errors import BadRequest, envelope, status_of
 from service.schemas import ChatResponse, ErrorResponse, Usage
@@ -85,8 +85,4 @@ async def chat(
     first = await anext(events)
     if stream:
         return StreamingResponse(event_stream(first, events, return_token_ids), media_type="text/event-stream")
-    async with aclosing(events):
-        event = first
-        while not isinstance(event, TurnResult):
-            event = await anext(events)
-    return response(event, return_token_ids)
+    return response(await final_result(first, events), return_token_ids)

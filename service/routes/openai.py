@@ -21,7 +21,7 @@ import sentencepiece as spm
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from service.chat import TextDelta, TurnEvent, TurnResult
+from service.chat import TextDelta, TurnEvent, TurnResult, final_result
 from service.deps import ADMITTED, ChatDep, OwnerDep, ResourcesDep, SettingsDep
 from service.engines.base import TokenLogprob
 from service.errors import NotFound, envelope, status_of
@@ -54,10 +54,13 @@ STREAM: dict[int | str, dict] = {
 }
 
 
-def served_model(settings: Settings, resources: Resources) -> ModelCard:
+def served_model(settings: Settings, resources: Resources, asked: str | None = None) -> ModelCard:
+    """The one model this server serves; NotFound when the client `asked` for another."""
     root = resources.bundle.root
-    name = settings.served_model_name or root.name
-    return ModelCard(id=name, created=int((root / "manifest.json").stat().st_mtime))
+    card = ModelCard(id=settings.served_model_name or root.name, created=int((root / "manifest.json").stat().st_mtime))
+    if asked is not None and asked != card.id:
+        raise NotFound(f"the model {asked!r} does not exist; this server serves {card.id!r}", param="model")
+    return card
 
 
 def _token(tokenizer: spm.SentencePieceProcessor, token_id: int) -> tuple[str, list[int]]:
@@ -139,10 +142,7 @@ async def models(resources: ResourcesDep, owner: OwnerDep, settings: SettingsDep
 
 @router.get("/models/{model}", response_model=ModelCard, responses=ERRORS)
 async def model(model: str, resources: ResourcesDep, owner: OwnerDep, settings: SettingsDep) -> ModelCard:
-    card = served_model(settings, resources)
-    if model != card.id:
-        raise NotFound(f"the model {model!r} does not exist; this server serves {card.id!r}", param="model")
-    return card
+    return served_model(settings, resources, asked=model)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS | STREAM)
@@ -150,9 +150,7 @@ async def chat_completions(
     body: ChatCompletionRequest, chat: ChatDep, owner: OwnerDep, settings: SettingsDep, resources: ResourcesDep
 ) -> ChatCompletion | StreamingResponse:
     """A stateless PandaGPT turn from OpenAI messages (see service/openai.py for the mapping)."""
-    served = served_model(settings, resources).id
-    if body.model != served:
-        raise NotFound(f"the model {body.model!r} does not exist; this server serves {served!r}", param="model")
+    served = served_model(settings, resources, asked=body.model).id
     sampling = body.sampling()
     history, message, media = await to_turn(body.messages, settings)
     completion = _Completion(
@@ -168,10 +166,7 @@ async def chat_completions(
     first = await anext(events)
     if body.stream:
         return StreamingResponse(completion.stream(first, events), media_type="text/event-stream")
-    async with aclosing(events):
-        event = first
-        while not isinstance(event, TurnResult):
-            event = await anext(events)
+    event = await final_result(first, events)
     choice = Choice(
         message=AssistantReply(content=event.reply),
         finish_reason=event.finish_reason,  # type: ignore[arg-type]
