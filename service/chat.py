@@ -15,6 +15,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 import torch
+from opentelemetry import trace
 
 from encoders.pool import EncoderPool, MediaInput
 from encoders.projector import Projector
@@ -91,6 +92,7 @@ class ChatService:
         store: SessionStore,
         metrics: Metrics,
         defaults: Sampling,
+        tracer: trace.Tracer,
         lock_ttl_s: float = 600.0,
     ) -> None:
         self.pool = pool
@@ -100,6 +102,7 @@ class ChatService:
         self.store = store
         self.metrics = metrics
         self.defaults = defaults
+        self.tracer = tracer
         self.lock_ttl_s = lock_ttl_s
 
     def sampling(self, request: SamplingRequest, prompt_tokens: int) -> Sampling:
@@ -185,7 +188,9 @@ class ChatService:
                 yield event
 
     async def _embed(self, media: list[MediaInput]) -> list[MediaRecord]:
-        embeddings = await self.pool.encode(media)
+        with self.tracer.start_as_current_span("encode media") as span:
+            span.set_attribute("pandaserve.media.modalities", [item.modality for item in media])
+            embeddings = await self.pool.encode(media)
         return [
             MediaRecord.of(item.modality, hashlib.sha256(item.data).hexdigest(), len(item.data), emb)
             for item, emb in zip(media, embeddings, strict=True)
@@ -201,15 +206,23 @@ class ChatService:
             slot = self.projector.slot(torch.stack([m.vector() for m in media]))
         prompt = self.prompts.build(history, message, slot)
         sampling = self.sampling(request, len(prompt))
+        # Not the current span: this generator is suspended between events, and its consumer's
+        # context must not change under it. Its parent is the request's span.
+        span = self.tracer.start_span("generate", attributes={"pandaserve.prompt_tokens": len(prompt)})
         completed = False
         try:
             async with aclosing(self._stream(prompt, sampling, request, started)) as events:
                 async for event in events:
-                    completed = isinstance(event, TurnResult)
+                    if isinstance(event, TurnResult):
+                        completed = True
+                        span.set_attribute("pandaserve.completion_tokens", event.completion_tokens)
+                        span.set_attribute("pandaserve.finish_reason", event.finish_reason)
                     yield event
         finally:
             if not completed:
                 self.metrics.aborted.inc()
+                span.set_attribute("pandaserve.finish_reason", "aborted")
+            span.end()
 
     async def _stream(
         self, prompt: torch.Tensor, sampling: Sampling, request: SamplingRequest, started: float

@@ -15,6 +15,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.resources import Resources
 from service.routes import chat, embeddings, openai, ops, sessions
 from service.settings import Settings, get_settings
+from service.tracing import TracingMiddleware, build_tracer
 
 VERSION = "0.1.0"
 
@@ -22,14 +23,16 @@ VERSION = "0.1.0"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
+    tracer, stop_tracing = build_tracer(settings.otlp_traces_endpoint, VERSION)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.resources = await Resources.build(settings, metrics)
+        app.state.resources = await Resources.build(settings, metrics, tracer)
         try:
             yield
         finally:
             await app.state.resources.close()
+            stop_tracing()  # flushes the spans still batched
 
     app = FastAPI(title="PandaServe", version=VERSION, lifespan=lifespan)
     app.state.metrics = metrics
@@ -37,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(TracingMiddleware, tracer=tracer)  # inside RequestId: spans carry the request id
     app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     install_error_handlers(app)
     for module in (chat, embeddings, sessions, openai, ops):

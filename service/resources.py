@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from opentelemetry.trace import Tracer
+
 from encoders.imagebind import ImageBindConfig, load_imagebind
 from encoders.pool import EncoderPool
 from encoders.projector import load_projector
@@ -31,7 +33,7 @@ class Resources:
     limiter: RateLimiter
 
     @classmethod
-    async def build(cls, settings: Settings, metrics: Metrics) -> Resources:
+    async def build(cls, settings: Settings, metrics: Metrics, tracer: Tracer) -> Resources:
         if settings.bundle is None:
             raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
         keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
@@ -74,6 +76,7 @@ class Resources:
             store=store,
             metrics=metrics,
             defaults=defaults,
+            tracer=tracer,
         )
         return cls(bundle=bundle, engine=engine, store=store, pool=pool, chat=chat, keys=keys, limiter=limiter)
 

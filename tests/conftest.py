@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.otlp import Collector, otlp_collector
+
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 300
 # Tighter than the defaults, so the bad-input tests can exceed them with small files.
@@ -52,8 +54,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server")) as running:
+def collector() -> Iterator[Collector]:
+    with otlp_collector() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def server(
+    demo_bundle: Path, redis_url: str, collector: Collector, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    # Traced to the test collector; spans are exported every 100 ms instead of every 5 s.
+    tracing = {"PANDASERVE_OTLP_TRACES_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server"), tracing) as running:
         yield running.url
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
+from opentelemetry import trace
 
 from encoders.pool import MediaInput
 from encoders.projector import Projector
@@ -94,6 +95,7 @@ def service(builder: PromptBuilder, stop_id: int, engine: ScriptedEngine) -> Cha
         store=MemorySessionStore(ttl_s=60),
         metrics=Metrics(),
         defaults=defaults,
+        tracer=trace.NoOpTracer(),
     )
 
 
