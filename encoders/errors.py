@@ -9,6 +9,10 @@ class MediaError(Exception):
         self.field = field
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[MediaError], tuple[str, str]]:
+        # Raised in a decode worker process and pickled back: rebuild from (field, problem).
+        return type(self), (self.field, self.problem)
+
 
 class MediaTooLarge(MediaError):
     """Bytes, pixels or duration over a configured limit."""
@@ -24,3 +28,9 @@ class UnsupportedMediaType(MediaError):
 
 class InvalidMedia(MediaError):
     """The format is right but the content cannot be used (truncated, corrupt, empty)."""
+
+
+class PoolFull(Exception):
+    """The encoders' queues are full: the request is refused at once rather than queued without bound."""
+
+    retry_after_s = 1

@@ -7,7 +7,6 @@ Every caller (POST /chat, its SSE stream, /v1/chat/completions) consumes the sam
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -19,8 +18,8 @@ from opentelemetry import trace
 
 from encoders.pool import EncoderPool, MediaInput
 from encoders.projector import Projector
-from service.engines.base import Engine, Sampling, TokenLogprob
-from service.errors import BadRequest, Conflict, NotFound, Unprocessable
+from service.engines.base import Delta, Engine, Sampling, TokenLogprob
+from service.errors import BadRequest, Conflict, NotFound, Overloaded, Unprocessable
 from service.metrics import Metrics
 from service.prompt import PromptBuilder
 from service.sessions import MediaRecord, Session, SessionStore, Turn
@@ -71,6 +70,37 @@ async def final_result(first: TurnEvent, events: AsyncGenerator[TurnEvent, None]
     return event
 
 
+class EngineAdmission:
+    """Bounds on the work waiting for the engine: turns in flight, and prompt tokens not yet prefilled
+    (a long line of prefills is what makes time to first token grow). Beyond them a turn is refused
+    at once (Overloaded -> 503 + Retry-After) instead of waiting without bound."""
+
+    def __init__(self, max_requests: int, max_queued_prompt_tokens: int) -> None:
+        self.max_requests = max_requests
+        self.max_queued_prompt_tokens = max_queued_prompt_tokens
+        self.requests = 0
+        self.queued_prompt_tokens = 0
+
+    def enter(self, prompt_tokens: int) -> None:
+        # A prompt longer than the token bound still goes in alone: otherwise it could never run.
+        queued = self.queued_prompt_tokens
+        if self.requests >= self.max_requests or (queued and queued + prompt_tokens > self.max_queued_prompt_tokens):
+            raise Overloaded(
+                f"the engine is at capacity ({self.requests} turns in flight, {self.queued_prompt_tokens} prompt "
+                "tokens queued); retry shortly"
+            )
+        self.requests += 1
+        self.queued_prompt_tokens += prompt_tokens
+
+    def prefilled(self, prompt_tokens: int) -> None:
+        self.queued_prompt_tokens -= prompt_tokens
+
+    def leave(self, prompt_tokens: int, prefilled: bool) -> None:
+        self.requests -= 1
+        if not prefilled:
+            self.queued_prompt_tokens -= prompt_tokens
+
+
 @dataclass
 class _Reply:
     """The reply being released while the engine generates (see `_stream`)."""
@@ -93,6 +123,7 @@ class ChatService:
         metrics: Metrics,
         defaults: Sampling,
         tracer: trace.Tracer,
+        admission: EngineAdmission,
         lock_ttl_s: float = 600.0,
     ) -> None:
         self.pool = pool
@@ -103,6 +134,7 @@ class ChatService:
         self.metrics = metrics
         self.defaults = defaults
         self.tracer = tracer
+        self.admission = admission
         self.lock_ttl_s = lock_ttl_s
 
     def sampling(self, request: SamplingRequest, prompt_tokens: int) -> Sampling:
@@ -192,7 +224,7 @@ class ChatService:
             span.set_attribute("pandaserve.media.modalities", [item.modality for item in media])
             embeddings = await self.pool.encode(media)
         return [
-            MediaRecord.of(item.modality, hashlib.sha256(item.data).hexdigest(), len(item.data), emb)
+            MediaRecord.of(item.modality, item.sha256, len(item.data), emb)
             for item, emb in zip(media, embeddings, strict=True)
         ]
 
@@ -240,7 +272,7 @@ class ChatService:
         generated, finish_reason, stopped_text = 0, "length", None
         first_at = last_at = started
         # aclosing: leaving the loop early closes the engine's stream at once, which aborts the request.
-        async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling)) as deltas:
+        async with aclosing(self._engine_deltas(prompt, sampling)) as deltas:
             async for delta in deltas:
                 first_at, last_at = self._observe_timing(delta.token_ids, generated, started, first_at, last_at)
                 no_logprobs: list[TokenLogprob | None] = [None] * len(delta.token_ids)
@@ -287,6 +319,23 @@ class ChatService:
             reply.ids,
             reply.logprobs if request.logprobs is not None else None,
         )
+
+    async def _engine_deltas(self, prompt: torch.Tensor, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        """The engine's deltas for this prompt, within the engine's admission bounds (a refusal
+        raises before the turn's first event, so it is a plain 503)."""
+        self.admission.enter(len(prompt))
+        prefilled = False
+        try:
+            async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling)) as deltas:
+                async for delta in deltas:
+                    if not prefilled:
+                        prefilled = True
+                        self.admission.prefilled(len(prompt))
+                    if delta.queued_s is not None:
+                        self.metrics.queue_time.labels("engine").observe(delta.queued_s)
+                    yield delta
+        finally:
+            self.admission.leave(len(prompt), prefilled)
 
     def _observe_timing(
         self, tokens: list[int], generated: int, started: float, first_at: float, last_at: float

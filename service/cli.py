@@ -32,15 +32,23 @@ def embed(args: argparse.Namespace) -> None:
     from encoders.pool import EncoderPool, MediaInput
     from service.bundle import load_bundle
     from service.routes.embeddings import embed as embed_media
+    from service.schemas import EmbeddingsResponse
     from service.settings import Settings
 
     bundle = load_bundle(args.bundle)
     spec = bundle.manifest.imagebind
     model = load_imagebind(bundle.imagebind_path, ImageBindConfig(**spec.config))
-    pool = EncoderPool(model, Settings().media_limits(), bundle.manifest.modalities)
     media = [MediaInput(args.modality, args.file.read_bytes(), f"{args.modality}[0]")]
+
+    async def run() -> EmbeddingsResponse:
+        pool = EncoderPool(model, Settings().media_limits(), bundle.manifest.modalities)
+        try:
+            return await embed_media(pool, media)
+        finally:
+            await pool.close()
+
     try:
-        print(asyncio.run(embed_media(pool, media)).model_dump_json())
+        print(asyncio.run(run()).model_dump_json())
     except MediaError as exc:
         raise SystemExit(f"pandaserve embed: {exc}") from exc
 

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, UnsupportedMediaType
+from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, PoolFull, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,12 @@ class NotReady(ServiceError):
     pass
 
 
+class Overloaded(ServiceError):
+    """The engine's admission bounds (requests in flight, queued prompt tokens) are reached."""
+
+    retry_after_s = 1
+
+
 class StoreUnavailable(NotReady):
     """Redis (sessions, rate limits) cannot be reached; the client retries, the service reconnects by itself."""
 
@@ -75,6 +81,8 @@ TABLE: list[tuple[type[Exception], int, str]] = [
     (InvalidMedia, 422, "invalid_media_error"),
     (TooManyRequests, 429, "rate_limit_error"),
     (NotReady, 503, "service_unavailable_error"),
+    (Overloaded, 503, "overloaded_error"),
+    (PoolFull, 503, "overloaded_error"),
     (EngineFailed, 503, "engine_error"),
 ]
 
@@ -100,7 +108,7 @@ def _param_of(exc: Exception) -> str | None:
 def error_response(exc: Exception) -> JSONResponse:
     status, kind = status_of(exc)
     headers = {}
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | Overloaded | PoolFull):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
@@ -133,6 +141,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _domain_error)
     app.add_exception_handler(MediaError, _domain_error)
+    app.add_exception_handler(PoolFull, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

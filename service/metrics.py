@@ -61,8 +61,16 @@ class Metrics:
         )
         self.queue_time = Histogram(
             "pandaserve_queue_time_seconds",
-            "Request waiting for admission to the device (encoder pool lock)",
+            "Waiting in a queue: decode (a file for a decode worker), encode (a decoded file for its "
+            "ImageBind batch), engine (a prompt for vLLM's scheduler)",
+            ["stage"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.embedding_cache = Counter(
+            "pandaserve_embedding_cache_lookups",
+            "Embedding cache lookups by tier (memory, shared) and result (hit, miss)",
+            ["tier", "result"],
             registry=self.registry,
         )
         self.decode_seconds = Histogram(
@@ -99,10 +107,15 @@ class Metrics:
     def decoded(self, modality: str, seconds: float) -> None:
         self.decode_seconds.labels(modality).observe(seconds)
 
-    def encoded(self, modality: str, seconds: float, batch_size: int, waited: float) -> None:
+    def encoded(self, modality: str, seconds: float, batch_size: int) -> None:
         self.encode_seconds.labels(modality).observe(seconds)
         self.encoder_batch_size.labels(modality).observe(batch_size)
-        self.queue_time.observe(waited)
+
+    def queued(self, stage: str, seconds: float) -> None:
+        self.queue_time.labels(stage).observe(seconds)
+
+    def cache_lookup(self, tier: str, hit: bool) -> None:
+        self.embedding_cache.labels(tier, "hit" if hit else "miss").inc()
 
 
 class MetricsMiddleware:

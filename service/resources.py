@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Tracer
 
+from encoders.cache import EmbeddingCache, namespace
 from encoders.imagebind import ImageBindConfig, load_imagebind
 from encoders.pool import EncoderPool
 from encoders.projector import load_projector
 from service.auth import ApiKeys, read_keys
 from service.bundle import Bundle, load_bundle
-from service.chat import ChatService
+from service.chat import ChatService, EngineAdmission
+from service.embedding_store import RedisEmbeddingStore
 from service.engines.base import Engine, Sampling
 from service.errors import NotReady
 from service.metrics import Metrics
@@ -45,10 +47,25 @@ class Resources:
         bundle = load_bundle(settings.bundle)
         manifest = bundle.manifest
         imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**manifest.imagebind.config))
-        pool = EncoderPool(imagebind, settings.media_limits(), manifest.modalities, observer=metrics)
         prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
         store = open_session_store(settings.redis_url, settings.session_ttl_s)
         await store.ping()
+        shared = (
+            RedisEmbeddingStore(store.client, settings.embedding_cache_ttl_s)
+            if isinstance(store, RedisSessionStore)
+            else None
+        )
+        limits = settings.media_limits()
+        cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)
+        cache = EmbeddingCache(cache_namespace, settings.embedding_cache_bytes, shared, observer=metrics)
+        pool = EncoderPool(
+            imagebind,
+            limits,
+            manifest.modalities,
+            batching=settings.batching(),
+            cache=cache,
+            observer=metrics,
+        )
         rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency
         limiter: RateLimiter = (
             RedisRateLimiter(store.client, rpm, concurrency)
@@ -77,9 +94,11 @@ class Resources:
             metrics=metrics,
             defaults=defaults,
             tracer=tracer,
+            admission=EngineAdmission(settings.max_engine_requests, settings.max_queued_prompt_tokens),
         )
         return cls(bundle=bundle, engine=engine, store=store, pool=pool, chat=chat, keys=keys, limiter=limiter)
 
     async def close(self) -> None:
+        await self.pool.close()
         await self.store.close()
         self.engine.shutdown()

@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoders.limits import MediaLimits
+from encoders.pool import Batching
 
 
 class Settings(BaseSettings):
@@ -37,6 +38,19 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(default=32, gt=0)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
 
+    # Encoder pool: micro-batches across concurrent requests, decode worker processes, bounded queues.
+    encoder_max_batch_size: int = Field(default=32, gt=0, description="files per ImageBind forward")
+    encoder_max_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits to fill")
+    decode_workers: int = Field(default=2, gt=0, description="processes decoding and preprocessing media")
+    max_decode_queue: int = Field(default=256, gt=0, description="files decoding or waiting to; more: 503")
+    max_encode_queue: int = Field(default=256, gt=0, description="decoded files waiting for ImageBind; more: 503")
+    # Embedding cache: in-process LRU, in front of Redis (when REDIS_URL is set) shared by replicas.
+    embedding_cache_bytes: int = Field(default=256 * 2**20, ge=0)
+    embedding_cache_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Engine admission: beyond these, a turn is refused at once (503 + Retry-After).
+    max_engine_requests: int = Field(default=256, gt=0, description="turns generating or queued in the engine")
+    max_queued_prompt_tokens: int = Field(default=65_536, gt=0, description="prompt tokens not yet prefilled")
+
     # Request limits.
     max_file_bytes: int = Field(default=20 * 2**20, gt=0)
     max_body_bytes: int = Field(default=100 * 2**20, gt=0, description="a whole request, enforced while it streams in")
@@ -55,6 +69,15 @@ class Settings(BaseSettings):
     # Their size cap is max_file_bytes.
     remote_media_hosts: str = ""
     remote_media_timeout_s: float = Field(default=10.0, gt=0)
+
+    def batching(self) -> Batching:
+        return Batching(
+            max_batch_size=self.encoder_max_batch_size,
+            max_wait_ms=self.encoder_max_wait_ms,
+            decode_workers=self.decode_workers,
+            max_decode_queue=self.max_decode_queue,
+            max_encode_queue=self.max_encode_queue,
+        )
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(

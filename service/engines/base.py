@@ -34,6 +34,7 @@ class Delta:
     token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token, when asked for
+    queued_s: float | None = None  # on the first delta: how long the request waited for the scheduler
 
 
 class Engine(Protocol):

@@ -77,7 +77,7 @@ class LocalVLLMEngine:
             detokenize=False,  # the service decodes with SentencePiece, as the original did
             output_kind=RequestOutputKind.DELTA,
         )
-        finished = False
+        finished, first = False, True
         try:
             stream = self.llm.generate(
                 {"prompt_embeds": prompt_embeds.to(self.dtype)}, params, request_id, lora_request=self.lora
@@ -92,7 +92,9 @@ class LocalVLLMEngine:
                     token_logprobs(completion.token_ids, completion.logprobs)  # type: ignore[arg-type]
                     if sampling.logprobs is not None
                     else None,
+                    scheduler_wait(output.metrics) if first else None,
                 )
+                first = False
         except EngineDeadError as exc:
             raise EngineFailed("the inference engine stopped; retry later") from exc
         finally:
@@ -104,6 +106,12 @@ class LocalVLLMEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def scheduler_wait(stats: object) -> float | None:
+    """Seconds the request waited in vLLM's queue before it was scheduled (its own request stats)."""
+    queued, scheduled = getattr(stats, "queued_ts", 0.0), getattr(stats, "scheduled_ts", 0.0)
+    return scheduled - queued if queued and scheduled else None
 
 
 def token_logprobs(token_ids: Sequence[int], logprobs: Sequence[Mapping[int, Logprob]] | None) -> list[TokenLogprob]:

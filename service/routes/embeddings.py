@@ -6,8 +6,6 @@ checkable from outside: the vectors are exactly what the chat path projects into
 
 from __future__ import annotations
 
-import hashlib
-
 from fastapi import APIRouter
 
 from encoders.pool import EncoderPool, MediaInput
@@ -28,7 +26,7 @@ async def embed(pool: EncoderPool, media: list[MediaInput]) -> EmbeddingsRespons
         Embedding(
             field=item.field,
             modality=item.modality,
-            sha256=hashlib.sha256(item.data).hexdigest(),
+            sha256=item.sha256,
             embedding=vector.tolist(),
         )
         for item, vector in zip(media, vectors, strict=True)

@@ -161,6 +161,7 @@ METRICS = [
     "pandaserve_media_encode_seconds",
     "pandaserve_encoder_batch_size",
     "pandaserve_aborted_generations",
+    "pandaserve_embedding_cache_lookups",
 ]
 
 
@@ -174,7 +175,9 @@ def test_every_metric_is_exposed_and_moves_with_traffic(client: httpx.Client) ->
         }
 
     before = counts()
-    files = [("image", ("a.png", picture(5, (64, 64)))), ("image", ("b.png", picture(6, (80, 64))))]
+    # New bytes on every run: the embedding cache (shared in Redis across runs) must miss.
+    seed = time.time_ns() % 2**31
+    files = [("image", ("a.png", picture(seed, (64, 64)))), ("image", ("b.png", picture(seed + 1, (80, 64))))]
     assert client.post("/chat", data={"message": "Count me", "max_tokens": "5"}, files=files).status_code == 200
     after = counts()
     # All but the in-flight gauge (back where it was) and the abort counter (nothing was aborted).

@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from encoders.pool import MediaInput
 from encoders.projector import Projector
-from service.chat import ChatService, SamplingRequest, TextDelta, TurnResult
+from service.chat import ChatService, EngineAdmission, SamplingRequest, TextDelta, TurnResult
 from service.engines.base import Delta, Sampling
 from service.errors import Conflict, NotFound, Unprocessable
 from service.metrics import Metrics
@@ -96,6 +96,7 @@ def service(builder: PromptBuilder, stop_id: int, engine: ScriptedEngine) -> Cha
         metrics=Metrics(),
         defaults=defaults,
         tracer=trace.NoOpTracer(),
+        admission=EngineAdmission(max_requests=8, max_queued_prompt_tokens=10_000),
     )
 
 

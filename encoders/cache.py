@@ -1,0 +1,99 @@
+"""The embedding cache: a file seen before is neither decoded nor encoded again.
+
+Key: (ImageBind checkpoint digest and media limits, modality, preprocessing version, sha256 of the
+bytes), so a new checkpoint or a change to a modality's preprocessing never serves a stale
+embedding, and a hit never admits a file that the current limits refuse. Two tiers: an
+in-process LRU bounded in bytes, in front of a shared store (Redis, with a TTL) that every replica
+reads. The shared tier is an optimisation: when it fails, the cache misses and the file is encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from encoders.limits import MediaLimits
+
+log = logging.getLogger(__name__)
+
+# Bump a modality's number whenever its decoding or preprocessing changes what reaches ImageBind.
+PREPROCESSING_VERSION = {"image": 1, "audio": 1, "video": 1, "thermal": 1, "depth": 1, "imu": 1}
+
+
+class SharedStore(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes) -> None: ...
+
+
+class CacheObserver(Protocol):
+    def cache_lookup(self, tier: str, hit: bool) -> None: ...
+
+
+def namespace(checkpoint_path: str, limits: MediaLimits) -> str:
+    """What entries are shared under: the checkpoint's content (not its path, so replicas with the same
+    weights share) and the limits the files were admitted under."""
+    with open(checkpoint_path, "rb") as f:
+        checkpoint = hashlib.file_digest(f, "sha256").hexdigest()
+    return hashlib.sha256(f"{checkpoint}:{limits!r}".encode()).hexdigest()[:16]
+
+
+class EmbeddingCache:
+    def __init__(self, namespace: str, max_bytes: int, shared: SharedStore | None, observer: CacheObserver) -> None:
+        self.namespace = namespace
+        self.max_bytes = max_bytes
+        self.shared = shared
+        self.observer = observer
+        self._lru: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def key(self, modality: str, sha256: str) -> str:
+        """`sha256`: the hex digest of the file's bytes."""
+        return f"pandaserve:emb:{self.namespace}:{modality}:v{PREPROCESSING_VERSION[modality]}:{sha256}"
+
+    async def get(self, key: str) -> torch.Tensor | None:
+        value = self._lru.get(key)
+        self.observer.cache_lookup("memory", value is not None)
+        if value is not None:
+            self._lru.move_to_end(key)
+            return _tensor(value)
+        if self.shared is None:
+            return None
+        try:
+            value = await self.shared.get(key)
+        except Exception as exc:  # the shared tier is optional: a miss, never a failed request
+            log.warning("embedding cache: shared store read failed (%s); encoding instead", exc)
+            value = None
+        self.observer.cache_lookup("shared", value is not None)
+        if value is None:
+            return None
+        self._remember(key, value)
+        return _tensor(value)
+
+    async def put(self, key: str, embedding: torch.Tensor) -> None:
+        value = embedding.to(torch.float32).numpy().tobytes()
+        self._remember(key, value)
+        if self.shared is not None:
+            try:
+                await self.shared.set(key, value)
+            except Exception as exc:
+                log.warning("embedding cache: shared store write failed (%s)", exc)
+
+    def _remember(self, key: str, value: bytes) -> None:
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return
+        self._lru[key] = value
+        self._bytes += len(key) + len(value)
+        while self._bytes > self.max_bytes and self._lru:
+            old_key, old = self._lru.popitem(last=False)
+            self._bytes -= len(old_key) + len(old)
+
+
+def _tensor(value: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(value, dtype=np.float32).copy())
