@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import torch
 from opentelemetry.trace import Tracer
 
 from encoders.cache import EmbeddingCache, namespace
@@ -46,7 +47,11 @@ class Resources:
             )
         bundle = load_bundle(settings.bundle)
         manifest = bundle.manifest
-        imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**manifest.imagebind.config))
+        # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
+        config = ImageBindConfig(**manifest.imagebind.config)
+        imagebind = load_imagebind(bundle.imagebind_path, config, device, dtype)
         prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
         store = open_session_store(settings.redis_url, settings.session_ttl_s)
         await store.ping()
@@ -64,6 +69,7 @@ class Resources:
             manifest.modalities,
             batching=settings.batching(),
             cache=cache,
+            device=device,
             observer=metrics,
         )
         rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency

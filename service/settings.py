@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     encoder_max_batch_size: int = Field(default=32, gt=0, description="files per ImageBind forward")
     encoder_max_wait_ms: float = Field(default=5.0, ge=0, description="how long a batch waits to fill")
     decode_workers: int = Field(default=2, gt=0, description="processes decoding and preprocessing media")
+    encoder_gpu_dtype: Literal["float16", "bfloat16"] = "float16"  # ImageBind on a GPU; fp32 on CPU
     max_decode_queue: int = Field(default=256, gt=0, description="files decoding or waiting to; more: 503")
     max_encode_queue: int = Field(default=256, gt=0, description="decoded files waiting for ImageBind; more: 503")
     # Embedding cache: in-process LRU, in front of Redis (when REDIS_URL is set) shared by replicas.
