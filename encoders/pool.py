@@ -138,6 +138,7 @@ class EncoderPool:
                 f"the encoders are at capacity ({self._decoding} files decoding, {self._encoding} encoding); "
                 "retry shortly"
             )
+        self._decoding += len(items)  # reserved now, before any await: the bound holds under concurrency
         results = await asyncio.gather(*(self._embed(item) for item in items), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -146,19 +147,17 @@ class EncoderPool:
 
     async def _embed(self, item: MediaInput) -> torch.Tensor:
         key = self.cache.key(item.modality, item.sha256) if self.cache else ""
-        if self.cache and (hit := await self.cache.get(key)) is not None:
-            return hit
-        self._decoding += 1
         try:
+            if self.cache and (hit := await self.cache.get(key)) is not None:
+                return hit
             submitted = time.monotonic()
-            loop = asyncio.get_running_loop()
-            array, started, seconds = await loop.run_in_executor(
+            array, started, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._decoders, _decode, item.modality, item.data, item.field, self.limits
             )
             self.observer.queued("decode", started - submitted)
             self.observer.decoded(item.modality, seconds)
         finally:
-            self._decoding -= 1
+            self._decoding -= 1  # the place encode() reserved
         embedding = await self._forward_in_batch(item.modality, array)
         if self.cache:
             await self.cache.put(key, embedding)

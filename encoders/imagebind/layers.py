@@ -54,8 +54,9 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, drop_path: float, add_bias_kv: bool) -> None:
         super().__init__()
-        # torch's MultiheadAttention is used as is: its packed in_proj_weight,
-        # bias_k/bias_v and out_proj are exactly the checkpoint's tensors.
+        # torch's MultiheadAttention holds the weights: its packed in_proj_weight,
+        # bias_k/bias_v and out_proj are exactly the checkpoint's tensors. Its forward
+        # is not used (see _attention).
         self.attn = nn.MultiheadAttention(dim, num_heads, bias=True, add_bias_kv=add_bias_kv)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm_1 = nn.LayerNorm(dim, eps=TRUNK_LN_EPS)
@@ -63,16 +64,45 @@ class Block(nn.Module):
         self.norm_2 = nn.LayerNorm(dim, eps=TRUNK_LN_EPS)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        h = self.norm_1(x)
-        x = x + self.drop_path(self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0])
+        x = x + self.drop_path(self._attention(self.norm_1(x), attn_mask))
         return x + self.drop_path(self.mlp(self.norm_2(x)))
+
+    def _attention(self, h: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """``self.attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]``, computed directly.
+
+        Same math as torch's sequence-first MultiheadAttention (which also ends in
+        scaled_dot_product_attention), without its copies: its packed path makes the
+        (L, B, 3D) projection contiguous per q/k/v before splitting heads, while here q, k
+        and v are strided (B, H, L, hd) views of the projection, which the fused attention
+        kernels read as they are. On the CPU the results are bit-for-bit the module's.
+        """
+        attn = self.attn
+        seq, bsz, dim = h.shape
+        heads = attn.num_heads
+        head_dim = dim // heads
+        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        # (L, B, 3D) -> (3, B, H, L, hd): in_proj_weight stacks the q, k and v rows.
+        q, k, v = qkv.view(seq, bsz, 3, heads, head_dim).permute(2, 1, 3, 0, 4).unbind(0)
+        if attn.bias_k is not None and attn.bias_v is not None:
+            # add_bias_kv: one learned key/value position appended after the sequence.
+            k = torch.cat([k, attn.bias_k.view(1, heads, 1, head_dim).expand(bsz, -1, -1, -1)], dim=2)
+            v = torch.cat([v, attn.bias_v.view(1, heads, 1, head_dim).expand(bsz, -1, -1, -1)], dim=2)
+            if attn_mask is not None:
+                attn_mask = F.pad(attn_mask, (0, 1))  # the extra position is always visible
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # (B, H, L, hd) -> (L, B, D), then the output projection.
+        return attn.out_proj(out.permute(2, 0, 1, 3).reshape(seq, bsz, dim))
 
 
 class SeqFirst(nn.Module):
     """(B, L, D) -> (L, B, D): upstream's trunks run attention sequence-first."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.transpose(0, 1)
+        # Contiguous, not a transposed view: elementwise results take the layout of their
+        # first input, so a view would keep the whole residual stream batch-major, and
+        # every LayerNorm would then copy its input and every residual add run strided
+        # (~11% of the huge vision forward's GPU time). One copy here avoids all of that.
+        return x.transpose(0, 1).contiguous()
 
 
 class Trunk(nn.Module):

@@ -29,6 +29,7 @@ from .layers import TRUNK_LN_EPS, LogitScale, Normalize, SelectElement, SelectEO
 from .stems import (
     IMUPreprocessor,
     PadIm2Video,
+    PatchConv3d,
     PatchEmbed,
     PatchPreprocessor,
     TextPreprocessor,
@@ -52,7 +53,7 @@ def _build_preprocessors(c: ImageBindConfig) -> nn.ModuleDict:
     vision_stem = PatchEmbed(
         nn.Sequential(
             PadIm2Video(ntimes=c.video_frames),
-            nn.Conv3d(3, c.vision_embed_dim, kernel_size=c.kernel_size, stride=c.kernel_size, bias=False),
+            PatchConv3d(3, c.vision_embed_dim, kernel_size=c.kernel_size, stride=c.kernel_size, bias=False),
         )
     )
     audio_stem = PatchEmbed(
