@@ -12,7 +12,7 @@ from service.errors import NotReady
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.resources import Resources
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 
 def get_resources(request: Request) -> Resources:
@@ -24,6 +24,10 @@ def get_resources(request: Request) -> Resources:
 
 def get_chat(resources: Annotated[Resources, Depends(get_resources)]) -> ChatService:
     return resources.chat
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
 
 
 def get_metrics(request: Request) -> Metrics:

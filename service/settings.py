@@ -1,8 +1,7 @@
-"""Settings from the environment (PANDASERVE_*), read once through a cached dependency."""
+"""Settings from the environment (PANDASERVE_*), read once when the app is made (routes get them from app.state)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -90,8 +89,3 @@ class Settings(BaseSettings):
             max_video_pixels=self.max_video_pixels,
             max_imu_samples=self.max_imu_samples,
         )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
