@@ -127,6 +127,13 @@ class EncoderPool:
         self._decoding = 0
         self._encoding = 0
 
+    async def start(self) -> None:
+        """Start the decode workers now: each imports torch and the decoders (seconds), which should
+        not be the first request's time."""
+        loop = asyncio.get_running_loop()
+        workers = self.batching.decode_workers
+        await asyncio.gather(*(loop.run_in_executor(self._decoders, _init_decode_worker) for _ in range(workers)))
+
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         """Embeddings (out_dim,) in the order of `items`; the first bad file (in order) raises its MediaError."""
         for item in items:

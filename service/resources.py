@@ -72,6 +72,7 @@ class Resources:
             device=device,
             observer=metrics,
         )
+        await pool.start()
         rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency
         limiter: RateLimiter = (
             RedisRateLimiter(store.client, rpm, concurrency)

@@ -80,25 +80,40 @@ def running_server(
     bundle: Path, redis_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[RunningServer]:
     """`pandaserve serve` on a free port with sessions in Redis, ready (/readyz is 200); `env` adds settings."""
-    port = free_port()
-    log_path = log_dir / "server.log"
     env = {**os.environ, "REDIS_URL": redis_url, "PANDASERVE_KV_CACHE_GIB": "1", "PYTHONWARNINGS": "default"}
     env |= {k: str(v) for k, v in SERVER_LIMITS.items()} | {"PANDASERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}"}
     env |= extra_env or {}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    log_path = log_dir / "server.log"
+    # The port is free when chosen but the server binds it only after loading the engine (~20 s), and
+    # vLLM's own processes open ports meanwhile: if another process took it, start again on another.
+    for _ in range(3):
+        port = free_port()
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, proc, log_path)
+            break
+        except RuntimeError:
+            stop(proc)
+            if "address already in use" not in log_path.read_text():
+                raise
+    else:
+        raise RuntimeError("every port tried was taken before the server could bind it")
     try:
-        wait_ready(base, proc, log_path)
         yield RunningServer(base, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:
