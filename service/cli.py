@@ -1,4 +1,4 @@
-"""The `pandaserve` command: serve a bundle, or write the demo bundle."""
+"""The `pandaserve` command: serve a bundle, write bundles, train and export."""
 
 from __future__ import annotations
 
@@ -73,6 +73,29 @@ def bundle_convert_pandagpt(args: argparse.Namespace) -> None:
     print(f"bundle written to {args.out}")
 
 
+def train_run(args: argparse.Namespace) -> None:
+    import logging
+
+    from training.data import DatasetError
+    from training.train import config_from_args, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        train(config_from_args(args))
+    except (DatasetError, FileNotFoundError) as exc:
+        raise SystemExit(f"pandaserve train run: {exc}") from exc
+
+
+def train_export(args: argparse.Namespace) -> None:
+    from training.export import export_checkpoint
+
+    try:
+        used = export_checkpoint(args.ckpt, args.out, delta=args.delta)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"pandaserve train export: {exc}") from exc
+    print(f"bundle written to {args.out} from {used}" + (f"; delta in {args.delta}" if args.delta else ""))
+
+
 def parser() -> argparse.ArgumentParser:
     from encoders.modalities import MODALITIES
 
@@ -105,6 +128,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--imagebind", type=Path, required=True, help="imagebind_huge.pth (referenced, not copied)")
     c.add_argument("out", type=Path)
     c.set_defaults(run=bundle_convert_pandagpt)
+
+    from training.train import add_config_flags
+
+    t = commands.add_parser("train", help="train the projector and LoRA (DeepSpeed), export the result")
+    trains = t.add_subparsers(dest="train_command", required=True)
+    r = trains.add_parser("run", help="train on PandaGPT-format data (see training/train.py for every flag)")
+    add_config_flags(r)
+    r.set_defaults(run=train_run)
+    x = trains.add_parser("export", help="write a bundle (and optionally the original delta) from a checkpoint")
+    x.add_argument("ckpt", type=Path, help="a run directory, its checkpoints/ or one checkpoint directory")
+    x.add_argument("out", type=Path, help="the bundle directory to write")
+    x.add_argument("--delta", type=Path, help="also write DELTA/pytorch_model.pt (PandaGPT's delta format)")
+    x.set_defaults(run=train_export)
     return p
 
 

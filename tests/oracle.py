@@ -99,3 +99,30 @@ class Oracle:
             if token in self.stop_ids:
                 return out[: max(k - 1, 0)]
         return out[:-1] if out and out[-1] == 2 else out
+
+
+REPLY_TOKENS = 12  # per turn: enough to compare, cheap on CPU
+
+
+def assert_served_chat_equals(
+    base_url: str, oracle: Oracle, messages: list[str], media: list[tuple[str, bytes]]
+) -> None:
+    """One greedy turn per message over HTTP, the media with the first: every reply's token ids equal
+    the oracle's for the same conversation."""
+    import httpx
+
+    from tests.conftest import AUTH
+
+    history: list[tuple[str, str]] = []
+    session_id = None
+    with httpx.Client(base_url=base_url, timeout=120, headers=AUTH) as client:
+        for turn, message in enumerate(messages):
+            form = {"message": message, "temperature": "0", "max_tokens": str(REPLY_TOKENS), "return_token_ids": "true"}
+            form |= {"session_id": session_id} if session_id else {}
+            files = [(m, (m, data)) for m, data in media] if turn == 0 else None
+            r = client.post("/chat", data=form, files=files)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["token_ids"] == oracle.reply_ids(history, message, media, REPLY_TOKENS), f"turn {turn}"
+            session_id = body["session_id"]
+            history.append((message, body["reply"]))

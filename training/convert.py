@@ -274,7 +274,7 @@ def _shape_diff(expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, tu
 def convert_pandagpt(vicuna: Path, delta: Path, imagebind: Path, out: Path) -> None:
     """Validate the released checkpoints, then write the bundle to `out` atomically."""
     vicuna, delta, imagebind, out = (Path(p).resolve() for p in (vicuna, delta, imagebind, out))
-    _check_out(out, inputs=(vicuna, delta, imagebind))
+    check_out(out, inputs=(vicuna, delta, imagebind))
     tensors = load_delta(delta)
     layout = inspect_delta({k: v.shape for k, v in tensors.items()})
     sp = check_vicuna(vicuna, layout)
@@ -291,13 +291,26 @@ def convert_pandagpt(vicuna: Path, delta: Path, imagebind: Path, out: Path) -> N
         imagebind=ImageBindSpec(checkpoint=str(imagebind), config=asdict(preset)),
         stop_token_ids=[stop_token_id(sp)],
     )
+    write_bundle(out, tensors, layout, manifest)
+
+
+def write_bundle(
+    out: Path,
+    tensors: Mapping[str, torch.Tensor],
+    layout: DeltaLayout,
+    manifest: Manifest,
+    lora_alpha: int = LORA_ALPHA,
+    lora_dropout: float = LORA_DROPOUT,
+) -> None:
+    """The bundle of delta-named tensors (checked by inspect_delta): lora/, projector.safetensors and
+    the manifest, atomically. Also what `pandaserve train export` writes."""
     with staged_dir(out) as tmp:
-        _write_lora(tmp / "lora", tensors, layout, base_model=vicuna)
+        _write_lora(tmp / "lora", tensors, layout, Path(manifest.llm), lora_alpha, lora_dropout)
         _write_projector(tmp / "projector.safetensors", tensors)
         write_manifest(tmp, manifest)
 
 
-def _check_out(out: Path, inputs: Iterable[Path]) -> None:
+def check_out(out: Path, inputs: Iterable[Path]) -> None:
     """`out` is replaced wholesale: never let that delete the inputs or a non-bundle dir."""
     for path in inputs:
         if path == out or out in path.parents:
@@ -306,15 +319,22 @@ def _check_out(out: Path, inputs: Iterable[Path]) -> None:
         raise ValueError(f"{out} exists and is not a bundle (no manifest.json); refusing to replace it")
 
 
-def _write_lora(lora_dir: Path, tensors: Mapping[str, torch.Tensor], layout: DeltaLayout, base_model: Path) -> None:
+def _write_lora(
+    lora_dir: Path,
+    tensors: Mapping[str, torch.Tensor],
+    layout: DeltaLayout,
+    base_model: Path,
+    lora_alpha: int,
+    lora_dropout: float,
+) -> None:
     """A PEFT adapter dir, as PeftModel.save_pretrained writes it (dtype kept: fp16)."""
     from peft import LoraConfig
 
     lora_dir.mkdir(parents=True)
     config = LoraConfig(
         r=layout.rank,
-        lora_alpha=LORA_ALPHA,
-        lora_dropout=LORA_DROPOUT,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
         target_modules=list(LORA_TARGETS),
         bias="none",
         task_type="CAUSAL_LM",

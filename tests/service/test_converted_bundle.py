@@ -6,17 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
-from tests.conftest import AUTH, running_server
+from tests.conftest import running_server
 from tests.media import valid
-from tests.oracle import Oracle
+from tests.oracle import Oracle, assert_served_chat_equals
 from tests.training.test_convert import make_delta, original_peft_model, save_delta
 from training.convert import convert_pandagpt
-
-MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +40,4 @@ def test_served_reply_equals_the_original_loading(
 ) -> None:
     oracle = Oracle(converted, llm=original_peft_model(demo_bundle / "llm", delta))
     media = [("image", valid("image", 40)), ("audio", valid("audio", 41))]
-    history: list[tuple[str, str]] = []
-    session_id = None
-    with httpx.Client(base_url=converted_server, timeout=120, headers=AUTH) as client:
-        for turn, message in enumerate(["What is this?", "Tell me more."]):
-            form = {"message": message, "temperature": "0", "max_tokens": str(MAX_TOKENS), "return_token_ids": "true"}
-            form |= {"session_id": session_id} if session_id else {}
-            files = [(m, (m, data)) for m, data in media] if turn == 0 else None
-            r = client.post("/chat", data=form, files=files)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert body["token_ids"] == oracle.reply_ids(history, message, media, MAX_TOKENS)
-            session_id = body["session_id"]
-            history.append((message, body["reply"]))
+    assert_served_chat_equals(converted_server, oracle, ["What is this?", "Tell me more."], media)
