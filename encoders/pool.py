@@ -13,10 +13,10 @@ import contextlib
 import multiprocessing
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from hashlib import sha256
 from typing import Protocol
 
@@ -145,14 +145,30 @@ class EncoderPool:
                 f"the encoders are at capacity ({self._decoding} files decoding, {self._encoding} encoding); "
                 "retry shortly"
             )
-        self._decoding += len(items)  # reserved now, before any await: the bound holds under concurrency
-        results = await asyncio.gather(*(self._embed(item) for item in items), return_exceptions=True)
+        # Places in the decode queue are reserved now, before any await, so the bound holds under
+        # concurrency. Each file gives its place back once decoded (or found cached); whatever is left
+        # goes back when the request ends however it ends (a cancelled file may never have started).
+        self._decoding += len(items)
+        held = [True] * len(items)
+
+        def release(i: int) -> None:
+            if held[i]:
+                held[i] = False
+                self._decoding -= 1
+
+        try:
+            results = await asyncio.gather(
+                *(self._embed(item, partial(release, i)) for i, item in enumerate(items)), return_exceptions=True
+            )
+        finally:
+            for i in range(len(items)):
+                release(i)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return results  # type: ignore[return-value]  # no exceptions left
 
-    async def _embed(self, item: MediaInput) -> torch.Tensor:
+    async def _embed(self, item: MediaInput, release: Callable[[], None]) -> torch.Tensor:
         key = self.cache.key(item.modality, item.sha256) if self.cache else ""
         try:
             if self.cache and (hit := await self.cache.get(key)) is not None:
@@ -164,7 +180,7 @@ class EncoderPool:
             self.observer.queued("decode", started - submitted)
             self.observer.decoded(item.modality, seconds)
         finally:
-            self._decoding -= 1  # the place encode() reserved
+            release()  # this file's place in the decode queue
         embedding = await self._forward_in_batch(item.modality, array)
         if self.cache:
             await self.cache.put(key, embedding)

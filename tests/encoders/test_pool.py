@@ -121,6 +121,19 @@ async def test_full_queues_refuse_at_once(model: ImageBindModel) -> None:
         await pool.close()
 
 
+async def test_a_cancelled_request_gives_its_places_back(model: ImageBindModel) -> None:
+    pool = EncoderPool(model, MediaLimits(), MODALITIES, batching=Batching(max_decode_queue=3, max_encode_queue=3))
+    try:
+        request = asyncio.ensure_future(pool.encode(images(3)))
+        await asyncio.sleep(0)  # it reserved its 3 places; its files have not started
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert len(await asyncio.wait_for(pool.encode(images(3)), timeout=60)) == 3  # all 3 places are free
+    finally:
+        await pool.close()
+
+
 async def test_a_cached_file_is_neither_decoded_nor_encoded(model: ImageBindModel, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     shared = RedisEmbeddingStore(client, ttl_s=60)
