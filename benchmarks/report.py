@@ -143,17 +143,9 @@ def plots(out_dir: Path, runs: dict[str, Any]) -> list[Path]:
             value = _get(runs, name, key)
             if value:
                 ax.axhline(value, linestyle=style, color="grey" if name == "original" else "black", label=line)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(conc, [str(c) for c in conc])
-        ax.set_xlabel("concurrency (closed loop)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _concurrency_axes(ax, conc, label)
     fig.suptitle("PandaServe throughput vs concurrency")
-    fig.tight_layout()
-    written.append(out_dir / "throughput.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(fig, out_dir / "throughput.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.plot(conc, [m["ttft_ms"]["p95"] for m in series], "o-", label="p95 TTFT")
@@ -161,18 +153,28 @@ def plots(out_dir: Path, runs: dict[str, Any]) -> list[Path]:
     if top and warm:
         ax.plot([top], [warm], "*", markersize=12, label=f"p95 TTFT, cache warm (c={top})")
     ax.plot(conc, [m["ttft_ms"]["median"] for m in series], "s--", alpha=0.6, label="median TTFT")
+    _concurrency_axes(ax, conc, "TTFT (ms)")
+    ax.set_title("PandaServe TTFT vs concurrency (cache cold)")
+    written.append(_save(fig, out_dir / "ttft_p95.png"))
+    return written
+
+
+def _concurrency_axes(ax: Any, conc: list[int], ylabel: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(conc, [str(c) for c in conc])
     ax.set_xlabel("concurrency (closed loop)")
-    ax.set_ylabel("TTFT (ms)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("PandaServe TTFT vs concurrency (cache cold)")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    written.append(out_dir / "ttft_p95.png")
-    fig.savefig(written[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return written
+    return path
 
 
 def table(runs: dict[str, Any]) -> str:

@@ -44,8 +44,10 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        # Named by the method until the route is known (OpenTelemetry's convention): a raw path would
+        # put ids into span names.
         with self.tracer.start_as_current_span(
-            scope["path"], context=extract(carrier), kind=trace.SpanKind.SERVER
+            scope["method"], context=extract(carrier), kind=trace.SpanKind.SERVER
         ) as span:
             span.set_attribute("http.request.method", scope["method"])
             span.set_attribute("pandaserve.request_id", request_id.get() or "")
