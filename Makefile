@@ -24,7 +24,7 @@ $(BUNDLE)/manifest.json: | install
 	$(VENV)/bin/pandaserve bundle demo $(BUNDLE)
 
 demo: install $(BUNDLE)/manifest.json
-	$(PY) -c "from PIL import Image; Image.new('RGB', (320, 240), (200, 40, 40)).save('bundles/example.png')"
+	$(PY) -c "from training import synthetic; _, s, _ = next(synthetic.items(1, 7)); synthetic.draw(s).save('bundles/example.png')"
 	@echo
 	@echo "Serving $(BUNDLE) on http://$(HOST):$(PORT) (the engine takes ~20 s to start). Then try:"
 	@echo "  curl -s http://$(HOST):$(PORT)/chat -F message='What is in this image?' -F image=@bundles/example.png"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from fractions import Fraction
+from typing import cast
 
 import av
 import numpy as np
@@ -88,18 +89,26 @@ def audio(seed: int, nonce: int) -> bytes:
 
 def video(seed: int, nonce: int) -> bytes:
     """H.264 MP4: a moving box whose colour changes every frame."""
-    rng = _rng(seed, nonce)
-    w, h = IMAGE_SIZE
+    return moving_box_video(_rng(seed, nonce), VIDEO_SECONDS, VIDEO_FPS, IMAGE_SIZE)
+
+
+def moving_box_video(
+    rng: np.random.Generator, seconds: float, fps: int, size: tuple[int, int], container: str = "mp4"
+) -> bytes:
+    """A moving box whose colour changes every frame (so a wrongly chosen frame shows); H.264 in
+    MP4 or VP8 in WebM. tests/media.py makes its videos with it too."""
+    w, h = size
+    codec = {"mp4": "libx264", "webm": "libvpx"}[container]
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=VIDEO_FPS)
+    with av.open(buf, mode="w", format=container) as out:
+        stream = cast(av.VideoStream, out.add_stream(codec, rate=fps))  # the codec names a video stream
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.time_base = Fraction(1, VIDEO_FPS)
+        stream.time_base = Fraction(1, fps)
         base = rng.integers(0, 256, 3)
-        for i in range(int(VIDEO_SECONDS * VIDEO_FPS)):
+        for i in range(int(round(seconds * fps))):
             frame = np.empty((h, w, 3), np.uint8)
             frame[:] = (base + 7 * i) % 256
-            x = (i * 9) % (w - w // 4)
+            x = (i * 9) % max(w - w // 4, 1)
             frame[h // 4 : h // 2, x : x + w // 4] = (255 - base) % 256
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts = i

@@ -1,5 +1,5 @@
-"""The real server as a subprocess (`pandaserve serve`), as tests/conftest.py's running_server starts it,
-and its resident memory read from /proc for the soak."""
+"""The real server as a subprocess (`pandaserve serve`), and its resident memory read from /proc for
+the soak. tests/conftest.py starts its servers with the same helpers (free_port, wait_ready, stop)."""
 
 from __future__ import annotations
 
@@ -73,30 +73,36 @@ def serve(
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", proc, log)
     try:
-        _wait_ready(server)
+        wait_ready(server.url, proc, log)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Return once /readyz is 200 (it needs no key); raise with the log's tail if the server exits first."""
+    deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {server.proc.returncode}; see {server.log}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
             try:
-                if client.get(f"{server.url}/readyz").status_code == 200:
+                if client.get(f"{url}/readyz").status_code == 200:
                     return
             except httpx.TransportError:
                 pass  # not listening yet: the lifespan is still starting the engine
             time.sleep(0.5)
-    raise TimeoutError(f"server not ready after {START_TIMEOUT_S} s; see {server.log}")
+    raise TimeoutError(f"server not ready after {timeout_s} s:\n{log.read_text()[-5000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server drains), then SIGKILL after 60 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def rss_bytes(pid: int) -> int:

@@ -55,11 +55,16 @@ def embed(args: argparse.Namespace) -> None:
 
 def bundle_demo(args: argparse.Namespace) -> None:
     from training.demo_bundle import build_demo_bundle
+    from training.demo_recipe import build_seeing_bundle
 
     if (args.dir / "manifest.json").exists() and not args.force:
         print(f"{args.dir} already holds a bundle (use --force to rebuild)")
         return
-    build_demo_bundle(args.dir, seed=args.seed)
+    if args.random:
+        build_demo_bundle(args.dir, seed=args.seed)
+    else:
+        print("training the demo bundle: vision, text, align (a few minutes on 2 cores)", flush=True)
+        build_seeing_bundle(args.dir, seed=args.seed)
     print(f"demo bundle written to {args.dir}")
 
 
@@ -117,9 +122,10 @@ def parser() -> argparse.ArgumentParser:
 
     b = commands.add_parser("bundle", help="write model bundles")
     bundles = b.add_subparsers(dest="bundle_command", required=True)
-    d = bundles.add_parser("demo", help="write the tiny demo bundle, deterministic from a seed")
+    d = bundles.add_parser("demo", help="train the tiny demo bundle (colours and shapes), deterministic from a seed")
     d.add_argument("dir", type=Path)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--random", action="store_true", help="untrained random weights (seconds; what tests compare)")
     d.add_argument("--force", action="store_true", help="rebuild even if the directory holds a bundle")
     d.set_defaults(run=bundle_demo)
     c = bundles.add_parser("convert-pandagpt", help="turn the released PandaGPT weights into a bundle")

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from benchmarks.server import free_port, stop, wait_ready
 from tests.otlp import Collector, otlp_collector
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER_START_TIMEOUT_S = 300
 # Tighter than the defaults, so the bad-input tests can exceed them with small files.
 # Two tenants. Sessions live in Redis, so the server requires API keys.
 API_KEY, OTHER_KEY = "test-key-1", "test-key-2"
@@ -42,15 +40,26 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# Every file whose content the trained demo bundle depends on: the cache key of `seeing_bundle`.
+RECIPE_SOURCES = [*sorted((REPO / "training").glob("*.py")), *sorted((REPO / "encoders").rglob("*.py"))]
+
+
+@pytest.fixture(scope="session")
+def seeing_bundle() -> Path:
+    """The trained demo bundle (training/demo_recipe.py). It takes minutes to build, so it is kept in
+    .cache/ under a digest of the recipe's sources and rebuilt only when one of them changes."""
+    from training.demo_recipe import build_seeing_bundle
+
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in RECIPE_SOURCES)).hexdigest()[:16]
+    path = REPO / ".cache" / f"demo-bundle-{digest}"
+    if not (path / "manifest.json").exists():
+        build_seeing_bundle(path, seed=0)
+    return path
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -105,27 +114,3 @@ def running_server(
         yield RunningServer(base, proc)
     finally:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def wait_ready(base: str, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    with httpx.Client(timeout=5) as client:  # /readyz needs no key
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-            try:
-                if client.get(f"{base}/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet: the lifespan is still loading the engine
-            time.sleep(0.5)
-    raise TimeoutError(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-5000:]}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-from fractions import Fraction
 
-import av
 import numpy as np
 import soundfile as sf
 from PIL import Image
+
+from benchmarks.media import moving_box_video
 
 
 def picture(seed: int, size: tuple[int, int], fmt: str = "PNG", mode: str = "RGB") -> bytes:
@@ -66,27 +66,7 @@ def video(
     seed: int, seconds: float, fps: int = 10, size: tuple[int, int] = (320, 240), container: str = "mp4"
 ) -> bytes:
     """A moving box whose colour changes every frame, so a wrongly chosen frame shows."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    codec = {"mp4": "libx264", "webm": "libvpx"}[container]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        base = rng.integers(0, 256, 3)
-        for i in range(int(round(seconds * fps))):
-            frame = np.zeros((h, w, 3), np.uint8)
-            frame[:] = (base + 7 * i) % 256
-            x = (i * 9) % max(w - w // 4, 1)
-            frame[h // 4 : h // 2, x : x + w // 4] = (255 - base) % 256
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts = i
-            for packet in stream.encode(vf):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
+    return moving_box_video(np.random.default_rng(seed), seconds, fps, size, container)
 
 
 def valid(modality: str, seed: int) -> bytes:

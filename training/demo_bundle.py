@@ -1,4 +1,7 @@
-"""Build the tiny PandaGPT demo bundle: the real weights' formats at a few MB.
+"""Build the tiny PandaGPT demo bundle with random weights: the real weights' formats at a few MB.
+
+These are the parts training/demo_recipe.py then trains (`pandaserve bundle demo`); the random
+bundle itself (`--random`) is what most tests serve and compare with HF + PEFT.
 
 Layout (see service.bundle):
     manifest.json          names the parts below
@@ -11,7 +14,7 @@ Everything is deterministic from `seed` (the tokenizer does not depend on it at 
 and all random tensors come from explicitly seeded generators, never from the caller's
 global RNG state.
 
-Usage: pandaserve bundle demo OUT_DIR [--seed N]
+Usage: pandaserve bundle demo OUT_DIR --random [--seed N]
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def build_demo_bundle(out: Path, seed: int = 0) -> None:
-    """Write the demo bundle to `out`, atomically (a crash never leaves half a bundle)."""
-    with staged_dir(Path(out)) as tmp, _quiet_progress_bars():
-        _build_into(tmp, seed)
+    """Write the random-weight demo bundle to `out`, atomically (a crash never leaves half a bundle)."""
+    with staged_dir(Path(out)) as tmp, quiet_progress_bars():
+        write_parts(tmp, seed)
 
 
-def _build_into(root: Path, seed: int) -> None:
+def write_parts(root: Path, seed: int, seeing_vision: bool = False) -> None:
+    """Every file of the bundle into `root`; `seeing_vision` sets ImageBind's vision trunk to
+    training/demo_vision.py's features (the trained demo's first stage) instead of random weights."""
     llm_dir = root / "llm"
     sp_model = train_sentencepiece()
     write_hf_tokenizer(llm_dir, sp_model)
@@ -71,7 +76,7 @@ def _build_into(root: Path, seed: int) -> None:
     model = _write_llm(llm_dir, vocab_size=sp.get_piece_size(), seed=seed)
     _write_lora(model, root / "lora", seed=seed)
     _write_projector(root / "projector.safetensors", hidden=HIDDEN_SIZE, seed=seed)
-    imagebind_config = _write_imagebind(root / "imagebind.pth", seed=seed)
+    imagebind_config = _write_imagebind(root / "imagebind.pth", seed=seed, seeing_vision=seeing_vision)
     manifest = Manifest(
         llm="llm",
         lora="lora",
@@ -160,13 +165,16 @@ def _write_projector(path: Path, hidden: int, seed: int) -> None:
     save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(path))
 
 
-def _write_imagebind(path: Path, seed: int) -> dict[str, Any]:
+def _write_imagebind(path: Path, seed: int, seeing_vision: bool) -> dict[str, Any]:
     """Save a tiny ImageBind initialised by its own (upstream-style) init, seeded."""
     from encoders.imagebind import PRESETS, ImageBindModel
+    from training import demo_vision
 
-    config = PRESETS["tiny"]
+    config = demo_vision.config() if seeing_vision else PRESETS["tiny"]
     with _seeded_global_rng(seed):
         model = ImageBindModel(config)
+    if seeing_vision:
+        demo_vision.set_vision_weights_(model, seed)
     torch.save(model.state_dict(), path)
     return asdict(config)
 
@@ -180,7 +188,7 @@ def _seeded_global_rng(seed: int) -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_progress_bars() -> Iterator[None]:
+def quiet_progress_bars() -> Iterator[None]:
     """Hide transformers' "Writing model shards" bar for a 1-shard tiny model."""
     from transformers.utils import logging as hf_logging
 

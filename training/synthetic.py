@@ -49,11 +49,11 @@ PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "s
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 # Where a single shape sits: its centre is drawn inside this box (fractions of the side).
 POSITIONS: dict[str, tuple[float, float, float, float]] = {  # x0, x1, y0, y1
-    "left": (0.18, 0.30, 0.35, 0.65),
-    "right": (0.70, 0.82, 0.35, 0.65),
-    "top": (0.35, 0.65, 0.18, 0.30),
-    "bottom": (0.35, 0.65, 0.70, 0.82),
-    "middle": (0.42, 0.58, 0.42, 0.58),
+    "left": (0.27, 0.33, 0.40, 0.60),
+    "right": (0.67, 0.73, 0.40, 0.60),
+    "top": (0.40, 0.60, 0.27, 0.33),
+    "bottom": (0.40, 0.60, 0.67, 0.73),
+    "middle": (0.45, 0.55, 0.45, 0.55),
 }
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 POSITION_PHRASES["middle"] = "in the middle"
@@ -197,30 +197,39 @@ def _places(scene: Scene, rng: random.Random) -> list[tuple[float, float, float]
     """(cx, cy, radius) of each copy: singles inside their position box, groups without overlap."""
     if scene.count == 1:
         x0, x1, y0, y1 = POSITIONS[scene.position]
-        return [(rng.uniform(x0, x1) * SIZE, rng.uniform(y0, y1) * SIZE, rng.uniform(24, 40))]
-    radius = rng.uniform(18, 28)  # copies share a size, so "how many" is about count, not size
+        return [(rng.uniform(x0, x1) * SIZE, rng.uniform(y0, y1) * SIZE, rng.uniform(40, 56))]
+    radius = rng.uniform(24, 34)  # copies share a size, so "how many" is about count, not size
     places: list[tuple[float, float, float]] = []
+    misses = 0
     while len(places) < scene.count:
-        cx, cy = rng.uniform(0.15, 0.85) * SIZE, rng.uniform(0.15, 0.85) * SIZE
-        if all(math.hypot(cx - x, cy - y) > 2.3 * radius for x, y, _ in places):
+        cx, cy = rng.uniform(0.17, 0.83) * SIZE, rng.uniform(0.17, 0.83) * SIZE
+        if all(math.hypot(cx - x, cy - y) > 2.2 * radius for x, y, _ in places):
             places.append((cx, cy, radius))
+        elif (misses := misses + 1) % 100 == 0:
+            places.clear()  # the first copies left no room for the rest: start over
     return places
 
 
-def draw(scene: Scene) -> Image.Image:
+def render(scene: Scene) -> tuple[Image.Image, Image.Image]:
+    """The scene's RGB image and its shape mask ("L", 255 where a shape is drawn)."""
     rng = random.Random(scene.seed)
     pixels = _background(scene.background, rng)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    canvas = ImageDraw.Draw(image)
+    mask = Image.new("L", image.size, 0)
     base = COLOURS[scene.colour]
     fill = tuple(int(np.clip(v + rng.uniform(-15, 15), 0, 255)) for v in base)  # small jitter, same name
     turn = rng.uniform(-0.3, 0.3)  # a slight rotation, shared by the copies
     for cx, cy, r in _places(scene, rng):
-        if scene.shape == "circle":
-            canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        else:
-            canvas.polygon(_polygon(scene.shape, cx, cy, r, turn), fill=fill)
-    return image
+        for canvas, ink in ((ImageDraw.Draw(image), fill), (ImageDraw.Draw(mask), 255)):
+            if scene.shape == "circle":
+                canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=ink)
+            else:
+                canvas.polygon(_polygon(scene.shape, cx, cy, r, turn), fill=ink)
+    return image, mask
+
+
+def draw(scene: Scene) -> Image.Image:
+    return render(scene)[0]
 
 
 def png_bytes(scene: Scene) -> bytes:

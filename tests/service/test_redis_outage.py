@@ -13,7 +13,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import AUTH, RunningServer, free_port, running_server
+from benchmarks.server import free_port
+from tests.conftest import AUTH, RunningServer, running_server
 from tests.media import picture
 
 IMAGE = [("image", ("a.png", picture(2, (64, 64))))]

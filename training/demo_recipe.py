@@ -1,0 +1,82 @@
+"""The demo bundle that sees: the tiny bundle, taught colours and shapes in three stages on CPU.
+
+    vision  training/demo_vision.py   ImageBind's tiny vision trunk set to a bag of colour and edge
+                                      features (no training: a 2-block ViT does not learn shape in
+                                      CPU minutes; see that module)
+    text    training/lm_pretrain.py   the tiny LLaMA learns the synthetic conversations' words and
+                                      PandaGPT's turn structure (answers end in "\\n###")
+    align   training/train.py         PandaGPT's own stage: projector + LoRA with DeepSpeed on the
+                                      synthetic images (training/synthetic.py), ImageBind and LLM frozen
+
+The exported projector and adapter replace the random ones, and `demo.json` records what each
+stage measured and took. Everything is seeded; the result is the same on every run of one machine.
+
+Usage: pandaserve bundle demo DIR   (pandaserve bundle demo DIR --random: the untrained weights)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from training import lm_pretrain, synthetic
+from training.demo_bundle import quiet_progress_bars, write_parts
+from training.export import export_checkpoint
+from training.staging import staged_dir
+
+# Stage "align" (nanoGPT style: edit here). 10 epochs of 4,800 images at 16 per step = 3,000 optimizer
+# steps. Measured: the tiny LLaMA starts to read the image only after ~250 steps (the loss sits at its
+# text-only floor until then); then colour comes first, shape later. On held-out images over HTTP this
+# gives colour 98%, shape 66%; longer runs did not raise shape (4,800 steps: 66%; 12,000 images x 6
+# epochs: 66.5%). The lr is higher than the original's 5e-4 for 13B: this model has 2.6M parameters.
+ALIGN_IMAGES = 4800
+ALIGN_SEED = 300  # a split of training/synthetic.py apart from the text stage's and the held-out tests'
+ALIGN_FLAGS = ["--batch-size", "16", "--micro-batch-size", "16", "--epochs", "10", "--lr", "2e-3"]
+ALIGN_FLAGS += ["--max-tgt-len", "400", "--precision", "fp32", "--save-every", "100000", "--no-progress"]
+REPORT = "demo.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_seeing_bundle(out: Path, seed: int = 0) -> dict[str, Any]:
+    """Write the trained demo bundle to `out` (atomically); returns demo.json's content."""
+    report: dict[str, Any] = {"seed": seed}
+    with staged_dir(Path(out)) as root, quiet_progress_bars(), tempfile.TemporaryDirectory() as work:
+        started = time.monotonic()
+        write_parts(root, seed, seeing_vision=True)
+        report["vision_s"] = round(time.monotonic() - started, 1)
+        started = time.monotonic()
+        report["text"] = {**lm_pretrain.pretrain(root, seed), "s": round(time.monotonic() - started, 1)}
+        started = time.monotonic()
+        report["align"] = {**align(root, Path(work), seed), "s": round(time.monotonic() - started, 1)}
+        (root / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def align(root: Path, work: Path, seed: int) -> dict[str, Any]:
+    """Stage "align": train.py on synthetic images, as a user runs it; then the exported projector
+    and adapter replace the bundle's."""
+    data = synthetic.write_dataset(work / "data", ALIGN_IMAGES, ALIGN_SEED)
+    run = work / "run"
+    cmd = [sys.executable, "-m", "training.train", "--data", str(data), "--image-root", str(data.parent / "images")]
+    cmd += ["--base", str(root), "--out", str(run), "--seed", str(seed), *ALIGN_FLAGS]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run(cmd, cwd=REPO, env=env | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage align failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    exported = work / "export"
+    export_checkpoint(run, exported)
+    shutil.rmtree(root / "lora")
+    shutil.copytree(exported / "lora", root / "lora")
+    # The export names the LLM it trained on by absolute path (a temporary dir here): ours is "llm".
+    adapter_config = root / "lora" / "adapter_config.json"
+    adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()), "base_model_name_or_path": "llm"}))
+    shutil.copyfile(exported / "projector.safetensors", root / "projector.safetensors")
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"steps": len(losses), "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4)}
