@@ -13,17 +13,19 @@ So the trunk is set to compute a classic bag of visual words, exactly, within Im
                         the first K grey DCT-II coefficients (edges, their orientation and place)
     block 1 MLP         rectifies them: relu(+chroma), relu(-chroma) and |DCT| (GELU(a z) + GELU(-a z))/a
     block 2 attention   queries and keys zero: every token averages all tokens, so the CLS token
-                        receives the image's mean of those features
-    block 2 MLP         cancels the two constant channels (below) on the way out
+                        receives the image's mean of those features; the value projection whitens
+                        them (statistics of synthetic calibration images, see _whiten_)
+    block 2 MLP         subtracts their calibration mean and cancels the two constant channels (below)
     head                LayerNorm, then a fixed random projection to 1024 (as ImageBind's head)
 
 Two opposite constant channels (+B, -B, from the position embedding) make every LayerNorm before
-the head a fixed scaling (a token's spread is dominated by them), so the features pass unchanged in
-proportion. Measured by a linear probe on held-out images: colour 94%, shape 76% (random: 85%, 40%).
+the head nearly a fixed scaling (a token's spread is dominated by them), so the features pass in
+proportion. Measured by a linear probe on held-out images: colour 94%, shape 85% (76% unwhitened;
+random weights: 85%, 40%).
 Count and position are not encoded (a bag of features has no places); the demo does not know them.
 
-tests/training/test_demo_vision.py computes those pooled features from their definition in NumPy and
-checks the trunk's CLS output against them.
+tests/training/test_demo_vision.py computes the unwhitened trunk's CLS output from this description
+in NumPy and matches it to 1e-4; it checks the whitened features on held-out images too.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ PATCH = 14
 K = 57  # DCT coefficients kept, lowest frequencies first (the DC term is the colour's)
 CONSTANT = 40.0  # the +B/-B channels; large against the features, so LayerNorms only scale
 CHROMA_SCALE = 4.0  # raw chroma is +-0.5 at most: scaled to the features' range
-SHARPNESS = 10.0
+SHARPNESS = 10.0  # a in (GELU(a z) + GELU(-a z)) / a ~ |z|
 CALIBRATION_IMAGES, CALIBRATION_SEED = 1000, 500  # the whitening's statistics: a split of training/synthetic.py
-VARIANCE_FLOOR = 1e-3  # relative to the largest variance  # a in (GELU(a z) + GELU(-a z)) / a ~ |z|
+VARIANCE_FLOOR = 1e-3  # relative to the largest variance
 # Channel layout of the residual stream.
 CONST, COLOUR, CHROMA, RECT_CHROMA, DCT, ABS_DCT = 0, 2, 5, 8, 14, 14 + K
 POOLED = [*range(COLOUR, COLOUR + 3), *range(RECT_CHROMA, RECT_CHROMA + 6), *range(ABS_DCT, ABS_DCT + K)]
