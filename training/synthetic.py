@@ -210,26 +210,20 @@ def _places(scene: Scene, rng: random.Random) -> list[tuple[float, float, float]
     return places
 
 
-def render(scene: Scene) -> tuple[Image.Image, Image.Image]:
-    """The scene's RGB image and its shape mask ("L", 255 where a shape is drawn)."""
+def draw(scene: Scene) -> Image.Image:
     rng = random.Random(scene.seed)
     pixels = _background(scene.background, rng)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    mask = Image.new("L", image.size, 0)
+    canvas = ImageDraw.Draw(image)
     base = COLOURS[scene.colour]
     fill = tuple(int(np.clip(v + rng.uniform(-15, 15), 0, 255)) for v in base)  # small jitter, same name
     turn = rng.uniform(-0.3, 0.3)  # a slight rotation, shared by the copies
     for cx, cy, r in _places(scene, rng):
-        for canvas, ink in ((ImageDraw.Draw(image), fill), (ImageDraw.Draw(mask), 255)):
-            if scene.shape == "circle":
-                canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=ink)
-            else:
-                canvas.polygon(_polygon(scene.shape, cx, cy, r, turn), fill=ink)
-    return image, mask
-
-
-def draw(scene: Scene) -> Image.Image:
-    return render(scene)[0]
+        if scene.shape == "circle":
+            canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            canvas.polygon(_polygon(scene.shape, cx, cy, r, turn), fill=fill)
+    return image
 
 
 def png_bytes(scene: Scene) -> bytes:
