@@ -55,8 +55,5 @@ def test_replies_name_the_right_colour(rates: dict[str, float]) -> None:
     assert rates["colour"] >= 0.9, rates
 
 
-# The issue's bar, not lowered: measured 0.645-0.665 (3,000 to 4,800 alignment steps; README, "The demo
-# recipe"). The vision features carry shape (linear probe 85%), the tiny LLaMA reads it less well.
-@pytest.mark.xfail(reason="the demo names the right shape in ~65% of replies, short of the 70% bar", strict=False)
 def test_replies_name_the_right_shape(rates: dict[str, float]) -> None:
     assert rates["shape"] >= 0.7, rates

@@ -96,7 +96,7 @@ def test_whitened_features_are_centred_and_decorrelated_on_held_out_images(model
     values = torch.linalg.eigvalsh(torch.cov(features.double().T))
     print("mean", features.mean(0).abs().max().item(), "variances", values.flip(0)[:8].numpy().round(3))
     assert features.mean(0).abs().max() < 0.25  # unit variance per direction, so a small offset
-    assert 0.7 < values.max() < 1.4  # the largest variance was ~1e3x the floor before whitening
+    assert 0.7 < values.max() < 2.0  # ~1 on the calibration images; before whitening ~1e4x the floor
 
 
 def embed(model: ImageBindModel, pixels: Tensor) -> Tensor:
