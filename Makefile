@@ -35,12 +35,13 @@ test: lint
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check service encoders training tests benchmarks
-	$(VENV)/bin/ruff format --check service encoders training tests benchmarks
-	$(VENV)/bin/mypy service encoders training benchmarks
+	$(VENV)/bin/ruff check service encoders training tests benchmarks pandaserve.py
+	$(VENV)/bin/ruff format --check service encoders training tests benchmarks pandaserve.py
+	$(VENV)/bin/mypy service encoders training benchmarks pandaserve.py
+	$(VENV)/bin/lint-imports
 
 openapi: install
-	$(PY) -m service.openapi > openapi.yaml
+	$(PY) -m service.api.openapi > openapi.yaml
 
 # The benchmark of issue 6 (benchmarks/README.md): original path vs direct engine vs the service, on
 # the demo bundle; writes benchmarks/results/<date>/. BENCH_ARGS=--quick for a short run.

@@ -24,20 +24,22 @@ from benchmarks.metrics import RequestRecord
 from benchmarks.parts import Parts
 from benchmarks.server import cpu_split, machine_busy_seconds
 from benchmarks.workload import Conversation
-from encoders.pool import EncoderPool, MediaInput
+from encoders.media import MediaInput
+from encoders.pool import EncoderPool
 from service.engines.base import Engine
 
 # At import, not inside direct_run: importing vLLM keeps the importing frames alive (an exception it
 # catches keeps its traceback), and a direct_run frame kept alive would keep the engine alive until
 # interpreter exit, when AsyncLLM.__del__ fails. benchmarks.direct is itself imported lazily.
 from service.engines.vllm_local import LocalVLLMEngine
+from service.resources import engine_config
 from service.settings import Settings
 
 
-async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, list[torch.Tensor]]:
-    """id(conversation) -> the media slot of each of its turns (media of every turn so far, summed)."""
+async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, list[list[torch.Tensor]]]:
+    """id(conversation) -> for each of its turns, the projected media of every turn so far."""
     pool = EncoderPool(parts.imagebind, parts.limits, parts.bundle.manifest.modalities)
-    out: dict[int, list[torch.Tensor]] = {}
+    out: dict[int, list[list[torch.Tensor]]] = {}
     try:
         for conversation in conversations:
             embeddings: list[torch.Tensor] = []
@@ -45,7 +47,7 @@ async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, li
             for turn in conversation.turns:
                 items = [MediaInput(m.modality, m.data, f"{m.modality}[{k}]") for k, m in enumerate(turn.media)]
                 embeddings += await pool.encode(items) if items else []
-                per_turn.append(parts.slot(embeddings))
+                per_turn.append(parts.media_rows(embeddings))
             out[id(conversation)] = per_turn
     finally:
         await pool.close()
@@ -53,7 +55,7 @@ async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, li
 
 
 class DirectTarget:
-    def __init__(self, engine: Engine, parts: Parts, slots: dict[int, list[torch.Tensor]]) -> None:
+    def __init__(self, engine: Engine, parts: Parts, slots: dict[int, list[list[torch.Tensor]]]) -> None:
         self.engine = engine
         self.parts = parts
         self.slots = slots
@@ -64,7 +66,7 @@ class DirectTarget:
         for i, turn in enumerate(conversation.turns):
             started = time.perf_counter()
             record = RequestRecord(kind=conversation.kind, turn=i, start=started - t0)
-            prompt = self.parts.prompts.build(history, turn.message, self.slots[id(conversation)][i])
+            prompt = self.parts.prompt(history, turn.message, self.slots[id(conversation)][i])
             ids: list[int] = []
             last: float | None = None
             try:
@@ -98,7 +100,8 @@ async def direct_run(
     engine core's processes."""
     parts = Parts.load(bundle)
     computed = await slots(parts, [warm, *conversations])
-    engine = await asyncio.to_thread(LocalVLLMEngine.start, parts.bundle, Settings(bundle=bundle))
+    config = engine_config(parts.bundle, parts.family, Settings(bundle=bundle))
+    engine = await asyncio.to_thread(LocalVLLMEngine.start, config)
     try:
         target = DirectTarget(engine, parts, computed)
         await target.conversation(warm, time.perf_counter())  # untimed: first-step costs

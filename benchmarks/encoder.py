@@ -10,7 +10,8 @@ from typing import Any
 
 from benchmarks import media
 from benchmarks.parts import Parts
-from encoders.pool import EncoderPool, MediaInput
+from encoders.media import MediaInput
+from encoders.pool import EncoderPool
 
 
 def images(count: int, nonce: int) -> list[MediaInput]:

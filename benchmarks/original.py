@@ -45,7 +45,7 @@ class TokenClock:
 def run_original(parts: Parts, llm: torch.nn.Module, conversations: list[Conversation]) -> Run:
     from transformers import StoppingCriteriaList
 
-    eos = parts.prompts.eos_id
+    eos = parts.family.tokenizer.eos_id()
     records: list[RequestRecord] = []
     t0 = time.perf_counter()
     for conversation in conversations:
@@ -55,15 +55,15 @@ def run_original(parts: Parts, llm: torch.nn.Module, conversations: list[Convers
             started = time.perf_counter()
             record = RequestRecord(kind=conversation.kind, turn=i, start=started - t0)
             so_far = media[: sum(len(t.media) for t in conversation.turns[: i + 1])]
-            slot = parts.slot([parts.embed_one(m) for m in so_far])
-            prompt = parts.prompts.build(history, turn.message, slot)[None]
+            rows = parts.media_rows([parts.embed_one(m) for m in so_far])
+            prompt = parts.prompt(history, turn.message, rows)[None]
             clock = TokenClock()
             out = llm.generate(  # type: ignore[operator]
                 inputs_embeds=prompt,
                 attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long),
                 max_new_tokens=turn.max_tokens,
                 do_sample=False,
-                eos_token_id=[eos, *parts.stop_ids],
+                eos_token_id=list(parts.stop_ids),
                 pad_token_id=eos,
                 stopping_criteria=StoppingCriteriaList([clock]),
             )[0].tolist()

@@ -1,6 +1,7 @@
 """The bundle's parts loaded in the benchmark's own process, for the runs that bypass the server:
 the original path, the direct engine and the encoder pool. The same code the service runs
-(ImageBind, decoders, projector, PromptBuilder), so the three see the same numbers."""
+(ImageBind, decoders, projector, the family's template and stop rule, prompt assembly), so the
+three see the same numbers."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from encoders.limits import MediaLimits
 from encoders.modalities import MODALITIES
 from encoders.projector import Projector, load_projector
 from service.bundle import Bundle, load_bundle
+from service.core.prompt import PromptAssembler
+from service.core.reply import StopScanner
 from service.engines.base import Sampling
-from service.prompt import PromptBuilder
+from service.families import generation_defaults, load_family
+from service.families.base import Exchange, Family
 
 
 @dataclass
 class Parts:
     bundle: Bundle
+    family: Family
     imagebind: ImageBindModel
     projector: Projector
-    prompts: PromptBuilder
+    prompts: PromptAssembler
     limits: MediaLimits
 
     @classmethod
@@ -34,19 +39,20 @@ class Parts:
         config = ImageBindConfig(**bundle.manifest.imagebind.config)
         return cls(
             bundle=bundle,
+            family=load_family(bundle),
             imagebind=load_imagebind(bundle.imagebind_path, config),
             projector=load_projector(bundle.projector_path),
-            prompts=PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir),
+            prompts=PromptAssembler.load(bundle.llm_dir),
             limits=MediaLimits(),
         )
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        return tuple(self.bundle.manifest.stop_token_ids)
+        return self.family.stop_rule.engine_stop_ids()
 
     def sampling(self, max_tokens: int) -> Sampling:
         """What the service sends the engine for a request with temperature=0 (greedy) and `max_tokens`."""
-        gen = self.bundle.manifest.generation
+        gen = generation_defaults(self.family, self.bundle)
         return Sampling(max_tokens, 0.0, gen.top_p, gen.top_k, None, self.stop_ids)
 
     @torch.inference_mode()
@@ -57,20 +63,17 @@ class Parts:
         return self.imagebind({modality.branch: torch.from_numpy(array)[None]})[modality.branch][0]
 
     @torch.inference_mode()
-    def slot(self, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.projector.slot(torch.stack(list(embeddings)))
+    def media_rows(self, embeddings: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each medium's soft-prompt vectors, as the service projects them."""
+        return list(self.projector(torch.stack(list(embeddings)))[:, None])
+
+    def prompt(self, history: Sequence[Exchange], message: str, media: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.prompts.assemble(self.family.prompt(history, message, media))
 
     def reply_text(self, token_ids: Sequence[int]) -> str:
-        """The reply as the service returns it (PandaGPT's stop rule), to build a second turn's history.
-
-        At `##` that token and the one before it are dropped; at EOS only the EOS.
-        """
-        ids = list(token_ids)
-        for k, token in enumerate(ids):
-            if token in self.stop_ids:
-                ids = ids[: max(k - 1, 0)]
+        """The reply as the service returns it (the family's stop rule), to build a second turn's history."""
+        tokens: StopScanner[None] = StopScanner(self.family.stop_rule)
+        for token in token_ids:
+            if tokens.push(token, None):
                 break
-            if token == self.prompts.eos_id:
-                ids = ids[:k]
-                break
-        return self.prompts.decode(ids)
+        return self.family.tokenizer.decode([t for t, _ in tokens.finish()])

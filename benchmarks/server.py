@@ -68,7 +68,7 @@ def serve(
     if redis_url:
         env["REDIS_URL"] = redis_url
     log = log_dir / "server.log"
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+    cmd = [sys.executable, "-m", "pandaserve", "serve", "--bundle", str(bundle), "--port", str(port)]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", proc, log)

@@ -1,4 +1,5 @@
-"""The encoder pool: bytes of any modality -> ImageBind embedding, in LitServe's shape.
+"""The encoder pool: bytes of any modality -> ImageBind embedding, in LitServe's shape (the in-process
+`encoders.media.Encoder`).
 
 decode (a process pool, off the event loop and the GIL) -> batch (per modality, across concurrent
 requests) -> predict (one forward on the device) -> unbatch. A file whose embedding is cached skips
@@ -16,8 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property, partial
-from hashlib import sha256
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +27,7 @@ from encoders.cache import EmbeddingCache
 from encoders.errors import PoolFull, UnsupportedMediaType
 from encoders.imagebind import ImageBindModel
 from encoders.limits import MediaLimits
+from encoders.media import MediaInput
 from encoders.modalities import MODALITIES
 
 
@@ -54,17 +55,6 @@ class Unobserved:
 
     def cache_lookup(self, tier: str, hit: bool) -> None:
         return None
-
-
-@dataclass(frozen=True)
-class MediaInput:
-    modality: str
-    data: bytes
-    field: str  # the upload's name in the request, e.g. "image[0]", for error messages
-
-    @cached_property
-    def sha256(self) -> str:
-        return sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -240,6 +230,9 @@ class EncoderPool:
         branch = MODALITIES[modality].branch
         x = torch.from_numpy(batch).to(self.device, self.dtype)
         return self.model({branch: x})[branch].float().cpu()
+
+    async def check_health(self) -> None:
+        return None
 
     async def close(self) -> None:
         if self._worker is not None:

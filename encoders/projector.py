@@ -17,10 +17,6 @@ class Projector(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.llama_proj(embeddings)
 
-    def slot(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """The one media slot: each medium projected on its own (bias included each time), then summed."""
-        return self(embeddings).sum(dim=0)
-
 
 def load_projector(path: Path, dtype: torch.dtype = torch.float32) -> Projector:
     state = load_file(str(path))

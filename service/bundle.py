@@ -24,15 +24,15 @@ class ImageBindSpec(BaseModel):
     config: dict[str, Any]
 
 
-class GenerationDefaults(BaseModel):
-    """PandaGPT's demo defaults: sampling on with top_p 0.01, i.e. effectively greedy."""
+class GenerationOverrides(BaseModel):
+    """The bundle's own generation defaults, where they differ from its family's."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 0.01
-    top_k: int = 50
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
 
 
 class Manifest(BaseModel):
@@ -43,9 +43,9 @@ class Manifest(BaseModel):
     lora: str | None = "lora"
     projector: str = "projector.safetensors"
     imagebind: ImageBindSpec
-    # The piece `##` inside "\n###" (2277 for LLaMA): generating it ends the turn.
+    # The family's end-of-turn token ids in this tokenizer (PandaGPT: `##` inside "\n###", 2277 for LLaMA).
     stop_token_ids: list[int] = Field(min_length=1)
-    generation: GenerationDefaults = GenerationDefaults()
+    generation: GenerationOverrides = GenerationOverrides()
     modalities: list[str] = Field(default_factory=lambda: list(MODALITIES))
 
     @field_validator("modalities")
@@ -95,4 +95,4 @@ def load_bundle(root: str | Path) -> Bundle:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")

@@ -1,19 +1,12 @@
-"""JSON logs that carry the request id, and the middleware that sets it (X-Request-ID honoured or created)."""
+"""JSON logs that carry the request id (set per request by service.api.middleware.RequestIdMiddleware)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-import uuid
 from contextvars import ContextVar
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-HEADER = b"x-request-id"
-# A client's id is kept only if it is short and plain: it lands in logs and headers.
-VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,26 +30,3 @@ def configure_logging(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # one format for every line
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
-
-
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(HEADER, b"").decode("latin-1")
-        rid = given if VALID_ID.fullmatch(given) else uuid.uuid4().hex
-        token = request_id.set(rid)
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (HEADER, rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            request_id.reset(token)

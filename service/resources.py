@@ -1,111 +1,160 @@
-"""Everything the app builds once at start-up (in the lifespan) and closes at shutdown."""
+"""Everything a server needs, built once at start-up (in the app's lifespan) and closed at shutdown.
+
+`build_embedded` is the embedded default: ImageBind and vLLM in this process, sessions in memory
+or, with REDIS_URL, in Redis (one client shared by sessions, rate limits and the embedding cache).
+The app takes any `Resources`, so tests build them with fakes at the two seams instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
+import redis.asyncio as redis
 import torch
 from opentelemetry.trace import Tracer
 
 from encoders.cache import EmbeddingCache, namespace
 from encoders.imagebind import ImageBindConfig, load_imagebind
+from encoders.media import Encoder
 from encoders.pool import EncoderPool
 from encoders.projector import load_projector
-from service.auth import ApiKeys, read_keys
 from service.bundle import Bundle, load_bundle
-from service.chat import ChatService, EngineAdmission
-from service.embedding_store import RedisEmbeddingStore
-from service.engines.base import Engine, Sampling
+from service.core.admission import EngineAdmission
+from service.core.api_keys import ApiKeys, read_keys
+from service.core.chat_service import ChatService
+from service.core.embedding_store import RedisEmbeddingStore
+from service.core.prompt import PromptAssembler
+from service.core.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service.core.session_store import MemorySessionStore, RedisSessionStore, SessionStore
+from service.core.turn_limits import TurnLimits
+from service.engines.base import Engine, EngineConfig
 from service.errors import NotReady
+from service.families import generation_defaults, load_family
+from service.families.base import Family
 from service.metrics import Metrics
-from service.prompt import PromptBuilder
-from service.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from service.sessions import RedisSessionStore, SessionStore, open_session_store
 from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model as /v1/models shows it."""
+
+    id: str
+    created: int
 
 
 @dataclass
 class Resources:
-    bundle: Bundle
+    chat: ChatService
+    encoder: Encoder
     engine: Engine
     store: SessionStore
-    pool: EncoderPool
-    chat: ChatService
     keys: ApiKeys
     limiter: RateLimiter
-
-    @classmethod
-    async def build(cls, settings: Settings, metrics: Metrics, tracer: Tracer) -> Resources:
-        if settings.bundle is None:
-            raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
-        keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
-        if not keys.enabled and settings.redis_url:
-            raise NotReady(
-                "set PANDASERVE_API_KEYS or PANDASERVE_API_KEYS_FILE: only the embedded default "
-                "(sessions in memory, no REDIS_URL) runs without API keys"
-            )
-        bundle = load_bundle(settings.bundle)
-        manifest = bundle.manifest
-        # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
-        config = ImageBindConfig(**manifest.imagebind.config)
-        imagebind = load_imagebind(bundle.imagebind_path, config, device, dtype)
-        prompts = PromptBuilder.load(bundle.tokenizer_path, bundle.llm_dir)
-        store = open_session_store(settings.redis_url, settings.session_ttl_s)
-        await store.ping()
-        shared = (
-            RedisEmbeddingStore(store.client, settings.embedding_cache_ttl_s)
-            if isinstance(store, RedisSessionStore)
-            else None
-        )
-        limits = settings.media_limits()
-        cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)
-        cache = EmbeddingCache(cache_namespace, settings.embedding_cache_bytes, shared, observer=metrics)
-        pool = EncoderPool(
-            imagebind,
-            limits,
-            manifest.modalities,
-            batching=settings.batching(),
-            cache=cache,
-            device=device,
-            observer=metrics,
-        )
-        await pool.start()
-        rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency
-        limiter: RateLimiter = (
-            RedisRateLimiter(store.client, rpm, concurrency)
-            if isinstance(store, RedisSessionStore)
-            else MemoryRateLimiter(rpm, concurrency)
-        )
-        # Imported here: vllm is heavy and only this path needs it (tests of the HTTP layer use fakes).
-        from service.engines.vllm_local import LocalVLLMEngine
-
-        engine = await asyncio.to_thread(LocalVLLMEngine.start, bundle, settings)
-        gen = manifest.generation
-        defaults = Sampling(
-            max_tokens=gen.max_tokens,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
-            seed=None,
-            stop_token_ids=tuple(manifest.stop_token_ids),
-        )
-        chat = ChatService(
-            pool=pool,
-            projector=load_projector(bundle.projector_path),
-            prompts=prompts,
-            engine=engine,
-            store=store,
-            metrics=metrics,
-            defaults=defaults,
-            tracer=tracer,
-            admission=EngineAdmission(settings.max_engine_requests, settings.max_queued_prompt_tokens),
-        )
-        return cls(bundle=bundle, engine=engine, store=store, pool=pool, chat=chat, keys=keys, limiter=limiter)
+    limits: TurnLimits
+    model: ServedModel
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
-        await self.pool.close()
-        await self.store.close()
-        self.engine.shutdown()
+        for close in self.on_close:
+            await close()
+
+
+def engine_config(bundle: Bundle, family: Family, settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        model_dir=bundle.llm_dir,
+        lora_dir=bundle.lora_dir,
+        lora_targets=family.lora.targets,
+        kv_cache_gib=settings.kv_cache_gib,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+    )
+
+
+def served_model(bundle: Bundle, settings: Settings) -> ServedModel:
+    created = int((bundle.root / "manifest.json").stat().st_mtime)
+    return ServedModel(settings.served_model_name or bundle.root.name, created)
+
+
+async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -> Resources:
+    if settings.bundle is None:
+        raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
+    keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
+    if not keys.enabled and settings.redis_url:
+        raise NotReady(
+            "set PANDASERVE_API_KEYS or PANDASERVE_API_KEYS_FILE: only the embedded default "
+            "(sessions in memory, no REDIS_URL) runs without API keys"
+        )
+    bundle = load_bundle(settings.bundle)
+    family = load_family(bundle)
+    on_close: list[Callable[[], Awaitable[None]]] = []
+
+    client = redis.from_url(settings.redis_url) if settings.redis_url else None
+    store: SessionStore
+    limiter: RateLimiter
+    rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency
+    if client is None:
+        store, limiter, shared = MemorySessionStore(settings.session_ttl_s), MemoryRateLimiter(rpm, concurrency), None
+    else:
+        on_close.append(client.aclose)
+        store = RedisSessionStore(client, settings.session_ttl_s)
+        limiter = RedisRateLimiter(client, rpm, concurrency)
+        shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s)
+    await store.ping()
+
+    # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
+    imagebind = load_imagebind(
+        bundle.imagebind_path, ImageBindConfig(**bundle.manifest.imagebind.config), device, dtype
+    )
+    limits = settings.media_limits()
+    cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)
+    cache = EmbeddingCache(cache_namespace, settings.embedding_cache_bytes, shared, observer=metrics)
+    pool = EncoderPool(
+        imagebind,
+        limits,
+        bundle.manifest.modalities,
+        batching=settings.batching(),
+        cache=cache,
+        device=device,
+        observer=metrics,
+    )
+    await pool.start()
+    on_close.insert(0, pool.close)
+
+    # Imported here: vllm is heavy and only this path needs it.
+    from service.engines.vllm_local import LocalVLLMEngine
+
+    engine = await asyncio.to_thread(LocalVLLMEngine.start, engine_config(bundle, family, settings))
+
+    async def shutdown_engine() -> None:
+        engine.shutdown()
+
+    on_close.append(shutdown_engine)
+    chat = ChatService(
+        encoder=pool,
+        projector=load_projector(bundle.projector_path),
+        family=family,
+        prompts=PromptAssembler.load(bundle.llm_dir),
+        engine=engine,
+        store=store,
+        metrics=metrics,
+        generation=generation_defaults(family, bundle),
+        tracer=tracer,
+        admission=EngineAdmission(settings.max_engine_requests, settings.max_queued_prompt_tokens),
+    )
+    return Resources(
+        chat=chat,
+        encoder=pool,
+        engine=engine,
+        store=store,
+        keys=keys,
+        limiter=limiter,
+        limits=settings.turn_limits(),
+        model=served_model(bundle, settings),
+        on_close=on_close,
+    )

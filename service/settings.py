@@ -1,4 +1,5 @@
-"""Settings from the environment (PANDASERVE_*), read once when the app is made (routes get them from app.state)."""
+"""Settings from the environment (PANDASERVE_*), read once when the app is made (routes get them from
+app.state); the parts get narrow configs made from them (engine, encoder pool, media and turn limits)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from encoders.limits import MediaLimits
 from encoders.pool import Batching
+from service.core.turn_limits import TurnLimits
 
 
 class Settings(BaseSettings):
@@ -79,6 +81,9 @@ class Settings(BaseSettings):
             max_decode_queue=self.max_decode_queue,
             max_encode_queue=self.max_encode_queue,
         )
+
+    def turn_limits(self) -> TurnLimits:
+        return TurnLimits(max_message_chars=self.max_message_chars, max_files_per_modality=self.max_files_per_modality)
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(

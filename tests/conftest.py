@@ -97,7 +97,7 @@ def running_server(
     # vLLM's own processes open ports meanwhile: if another process took it, start again on another.
     for _ in range(3):
         port = free_port()
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+        cmd = [sys.executable, "-m", "pandaserve", "serve", "--bundle", str(bundle), "--port", str(port)]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"

@@ -34,16 +34,13 @@ from safetensors.torch import save_file
 
 from encoders.imagebind import PRESETS, ImageBindConfig, ImageBindModel
 from service.bundle import ImageBindSpec, Manifest, write_manifest
+from service.families.pandagpt import LORA
 from training.staging import staged_dir
 from training.tokenizer import stop_token_id
 
 DELTA_FILE = "pytorch_model.pt"
 PROJ_WEIGHT = "llama_proj.weight"
 PROJ_BIAS = "llama_proj.bias"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-# PandaGPT's LoraConfig (its r is checked against the delta's shapes).
-LORA_ALPHA = 32
-LORA_DROPOUT = 0.1
 LLAMA_BOS_ID = 1
 # The delta's key (PEFT adapter name "default", wrapped in PandaGPT's `llama_model`) and
 # the key PEFT's save_pretrained writes for the same tensor.
@@ -68,7 +65,7 @@ class DeltaLayout:
         h, r = self.hidden_size, self.rank
         shapes: dict[str, tuple[int, ...]] = {PROJ_WEIGHT: (h, self.projector_in), PROJ_BIAS: (h,)}
         for layer in range(self.num_layers):
-            for proj in LORA_TARGETS:
+            for proj in LORA.targets:
                 shapes[_DELTA_LORA_KEY.format(layer=layer, proj=proj, ab="A")] = (r, h)
                 shapes[_DELTA_LORA_KEY.format(layer=layer, proj=proj, ab="B")] = (h, r)
         return shapes
@@ -299,8 +296,8 @@ def write_bundle(
     tensors: Mapping[str, torch.Tensor],
     layout: DeltaLayout,
     manifest: Manifest,
-    lora_alpha: int = LORA_ALPHA,
-    lora_dropout: float = LORA_DROPOUT,
+    lora_alpha: int = LORA.alpha,
+    lora_dropout: float = LORA.dropout,
 ) -> None:
     """The bundle of delta-named tensors (checked by inspect_delta): lora/, projector.safetensors and
     the manifest, atomically. Also what `pandaserve train export` writes."""
@@ -335,7 +332,7 @@ def _write_lora(
         r=layout.rank,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
-        target_modules=list(LORA_TARGETS),
+        target_modules=list(LORA.targets),
         bias="none",
         task_type="CAUSAL_LM",
         inference_mode=True,
@@ -347,7 +344,7 @@ def _write_lora(
             tensors[_DELTA_LORA_KEY.format(layer=layer, proj=proj, ab=ab)]
         )
         for layer in range(layout.num_layers)
-        for proj in LORA_TARGETS
+        for proj in LORA.targets
         for ab in "AB"
     }
     save_file(adapter, str(lora_dir / "adapter_model.safetensors"), metadata={"format": "pt"})

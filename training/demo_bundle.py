@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from service.bundle import ImageBindSpec, Manifest, write_manifest
+from service.families.pandagpt import LORA
 from training.staging import staged_dir
 from training.tokenizer import stop_token_id, train_sentencepiece, write_hf_tokenizer
 
@@ -57,7 +58,6 @@ LORA_STD = 0.1
 # Projected ImageBind embeddings (unit-norm input) get entries of std ~0.3, larger
 # than the token embeddings', so the image demonstrably steers generation.
 PROJECTOR_STD = 0.3
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def build_demo_bundle(out: Path, seed: int = 0) -> None:
@@ -137,10 +137,10 @@ def _write_lora(model: LlamaForCausalLM, lora_dir: Path, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora_config = LoraConfig(
-        r=32,
-        lora_alpha=32,
-        lora_dropout=0.1,
-        target_modules=list(LORA_TARGETS),
+        r=LORA.rank,
+        lora_alpha=LORA.alpha,
+        lora_dropout=LORA.dropout,
+        target_modules=list(LORA.targets),
         bias="none",
         task_type="CAUSAL_LM",
         init_lora_weights=False,  # we fill A and B ourselves, B non-zero

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from encoders.cache import PREPROCESSING_VERSION, namespace
 from encoders.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
 from encoders.limits import MediaLimits
-from encoders.pool import Batching, EncoderPool, MediaInput
+from encoders.media import MediaInput
+from encoders.pool import Batching, EncoderPool
 
 MODALITY = "image"
 CHUNK = 256  # files read and in flight at once

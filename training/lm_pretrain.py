@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from service.bundle import load_bundle
+from service.families.pandagpt import prefix_ids
 from training import sequences, synthetic
 from training.data import Turn
 from training.sequences import IGNORE
@@ -50,7 +51,7 @@ def encode_conversation(sp: spm.SentencePieceProcessor, conversation: Conversati
     """
     turns = [Turn(t["from"], t["value"]) for t in conversation]
     text = sequences.encode_conversation(sp, turns)
-    prefix = sequences.prefix_ids(sp)
+    prefix = prefix_ids(sp)
     return prefix + text.input_ids, [IGNORE] * len(prefix) + text.labels
 
 
@@ -95,7 +96,7 @@ def answer_loss(model: torch.nn.Module, data: list[tuple[list[int], list[int]]],
 @torch.no_grad()
 def greedy_reply(model: torch.nn.Module, sp: spm.SentencePieceProcessor, question: str, max_new: int = 24) -> str:
     """Greedy reply to a first-turn question (no media), as raw text: a well-formed one ends in "\\n###"."""
-    ids = sequences.prefix_ids(sp) + sequences.encode_conversation(sp, [Turn("human", question)]).input_ids
+    ids = prefix_ids(sp) + sequences.encode_conversation(sp, [Turn("human", question)]).input_ids
     out: list[int] = []
     for _ in range(max_new):
         logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]

@@ -9,22 +9,13 @@ cache (training/features.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from service.families.base import LoraSpec
 from training.sequences import IGNORE
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 32
-    alpha: int = 32
-    dropout: float = 0.1
 
 
 class PandaGPTForTraining(nn.Module):
@@ -32,7 +23,7 @@ class PandaGPTForTraining(nn.Module):
         self,
         llm_dir: Path,
         prefix_ids: list[int],
-        lora: LoraSettings,
+        lora: LoraSpec,
         feature_dim: int = 1024,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -44,10 +35,10 @@ class PandaGPTForTraining(nn.Module):
         base = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
         base.requires_grad_(False)
         config = LoraConfig(
-            r=lora.r,
+            r=lora.rank,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=list(LORA_TARGETS),
+            target_modules=list(lora.targets),
             bias="none",
             task_type="CAUSAL_LM",
         )

@@ -1,4 +1,5 @@
-"""Training sequences and labels, exact to PandaGPT's `build_one_instance` / `process_batch_instance`.
+"""Training sequences and labels, exact to PandaGPT's `build_one_instance` / `process_batch_instance`
+(the template's strings are the family's: service/families/pandagpt.py).
 
 One example becomes
 
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 import sentencepiece as spm
 import torch
 
+from service.families.pandagpt import training_turn_text
 from training.data import Turn
 
 IGNORE = -100  # PyTorch's cross-entropy ignore_index, as HF and the original use
-PROMPT_START = "### Human: <Img>"
 
 
 @dataclass(frozen=True)
@@ -48,27 +49,14 @@ class TextBatch:
     attention_mask: torch.Tensor  # [B, T] long, 0 on padding
 
 
-def turn_text(index: int, turn: Turn) -> str:
-    if index == 0:  # data.py guarantees the first turn is the human's
-        return "</Img> " + turn.value + "\n### Assistant:"
-    if turn.role == "human":
-        return "Human: " + turn.value + "\n### Assistant:"
-    return turn.value + "\n###"
-
-
 def encode_conversation(sp: spm.SentencePieceProcessor, conversation: Sequence[Turn]) -> Encoded:
     input_ids: list[int] = []
     labels: list[int] = []
     for i, turn in enumerate(conversation):
-        ids = sp.encode(turn_text(i, turn))
+        ids = sp.encode(training_turn_text(i, turn.role, turn.value))  # data.py: the first turn is the human's
         input_ids += ids
         labels += ids if i > 0 and turn.role == "gpt" else [IGNORE] * len(ids)
     return Encoded(input_ids, labels)
-
-
-def prefix_ids(sp: spm.SentencePieceProcessor) -> list[int]:
-    """[BOS] + tok("### Human: <Img>"): what precedes the image vector (labels -100, as the vector's)."""
-    return [sp.bos_id(), *sp.encode(PROMPT_START)]
 
 
 def collate(examples: Sequence[Encoded], max_tgt_len: int, pad_id: int) -> TextBatch:

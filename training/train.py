@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from service.families.pandagpt import LORA
+
 
 @dataclass
 class TrainConfig:
@@ -67,9 +69,9 @@ class TrainConfig:
     precision: str = "fp16"  # fp16 (the original) | bf16 | fp32; fp16 falls back to fp32 on CPU
     offload_optimizer: bool = True  # ZeRO-2's optimizer state and step on the CPU
     # LoRA on q/k/v/o of every layer.
-    lora_r: int = 32
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
+    lora_r: int = LORA.rank
+    lora_alpha: int = LORA.alpha
+    lora_dropout: float = LORA.dropout
     # Run.
     seed: int = 0
     max_steps: int = 0  # stop after this optimizer step (0: the whole run); the schedule still spans the whole run
@@ -133,9 +135,11 @@ def _train(cfg: TrainConfig) -> None:
     import sentencepiece as spm
     from deepspeed.accelerator import get_accelerator
 
+    from service.families.base import LoraSpec
+    from service.families.pandagpt import prefix_ids
     from training.data import load_examples
-    from training.model import LoraSettings, PandaGPTForTraining
-    from training.sequences import collate, encode_conversation, prefix_ids
+    from training.model import PandaGPTForTraining
+    from training.sequences import collate, encode_conversation
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     on_cpu = get_accelerator().device_name() == "cpu"
@@ -180,7 +184,7 @@ def _train(cfg: TrainConfig) -> None:
     model = PandaGPTForTraining(
         llm_dir,
         prefix_ids(sp),
-        LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
+        LoraSpec(LORA.targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout),
         feature_dim=features.shape[1],
         dtype={"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision],
     )

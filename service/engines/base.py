@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What an in-process engine is built from (the bundle's LLM and adapter, and the engine's limits)."""
+
+    model_dir: Path
+    lora_dir: Path | None  # a PEFT adapter applied to every request, or none
+    lora_targets: tuple[str, ...]  # the adapter's target modules, named as in the HF model
+    kv_cache_gib: int = 1  # on CPU
+    max_model_len: int | None = None  # None: the model's own
+    max_num_seqs: int = 32
+    gpu_memory_utilization: float = 0.85
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,19 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from service.bundle import Bundle
-from service.engines.base import Delta, Sampling, TokenLogprob
+from service.engines.base import Delta, EngineConfig, Sampling, TokenLogprob
 from service.errors import EngineFailed
-from service.settings import Settings
 
-# vLLM bug #51122: with LoRA + prompt embeds, a step mixing an embeds prefill with other rows
-# kills the engine core when embed_tokens is LoRA-wrapped. PandaGPT's LoRA is on q/k/v/o only,
-# so restricting vLLM's LoRA layers to these keeps the adapter exact and avoids the crash.
-LORA_TARGET_MODULES = ["qkv_proj", "o_proj"]
+# vLLM's LLaMA packs q/k/v and gate/up into one module each; its LoRA layers have those names.
+VLLM_MODULE = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "o_proj": "o_proj"}
+VLLM_MODULE |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"}
+
+
+def vllm_lora_modules(targets: tuple[str, ...]) -> list[str]:
+    """vLLM's LoRA layers for an adapter's HF targets. Naming them is also the workaround of vLLM bug
+    #51122: with LoRA + prompt embeds, a step mixing an embeds prefill with other rows kills the
+    engine core when embed_tokens is LoRA-wrapped, which it is unless the layers are restricted."""
+    return sorted({VLLM_MODULE[t] for t in targets})
 
 
 class LocalVLLMEngine:
@@ -38,26 +42,26 @@ class LocalVLLMEngine:
         self.max_model_len: int = llm.model_config.max_model_len
 
     @classmethod
-    def start(cls, bundle: Bundle, settings: Settings) -> LocalVLLMEngine:
+    def start(cls, config: EngineConfig) -> LocalVLLMEngine:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         # fp32 on CPU; fp16 on GPU as the original ran.
         dtype = torch.float16 if on_gpu else torch.float32
-        lora_dir = bundle.lora_dir
+        lora_dir = config.lora_dir
         lora_rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"] if lora_dir else None
         args = AsyncEngineArgs(
-            model=str(bundle.llm_dir),
+            model=str(config.model_dir),
             dtype="float16" if on_gpu else "float32",
             enable_prompt_embeds=True,
             enforce_eager=not on_gpu,
-            max_model_len=settings.max_model_len,  # type: ignore[arg-type]  # None: the model's own
-            max_num_seqs=settings.max_num_seqs,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=config.max_model_len,  # type: ignore[arg-type]  # None: the model's own
+            max_num_seqs=config.max_num_seqs,
+            gpu_memory_utilization=config.gpu_memory_utilization,
             enable_lora=lora_dir is not None,
             max_loras=1,
             max_lora_rank=lora_rank or 16,  # type: ignore[arg-type]  # vLLM validates the allowed ranks
-            lora_target_modules=LORA_TARGET_MODULES if lora_dir else None,
+            lora_target_modules=vllm_lora_modules(config.lora_targets) if lora_dir else None,
         )
         llm = AsyncLLM.from_engine_args(args)
         lora = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir else None

@@ -20,8 +20,9 @@ from encoders.errors import InvalidMedia, PoolFull
 from encoders.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
 from encoders.limits import MediaLimits
 from encoders.modalities import MODALITIES
-from encoders.pool import Batching, EncoderPool, MediaInput
-from service.embedding_store import RedisEmbeddingStore
+from encoders.pool import Batching, EncoderPool
+from encoders.media import MediaInput
+from service.core.embedding_store import RedisEmbeddingStore
 from tests.media import picture, valid
 
 

@@ -78,7 +78,7 @@ def test_session_create_read_delete(client: httpx.Client, raw_redis: redis.Redis
     first = client.post("/chat", data={"message": "Hi", "max_tokens": "4", "session_id": sid}, files=IMAGE)
     assert first.status_code == 200 and first.json()["session_id"] == sid
     view = client.get(f"/sessions/{sid}").json()
-    assert len(view["turns"]) == 1 and "owner" not in view
+    assert len(view["turns"]) == 1 and "tenant" not in view
     assert raw_redis.ttl(KEY_PREFIX + sid) > 0
     assert client.delete(f"/sessions/{sid}").status_code == 204
     assert client.get(f"/sessions/{sid}").status_code == 404

@@ -17,7 +17,7 @@ from tests.media import valid
 from tests.oracle import Oracle
 
 MODALITIES = ("image", "audio", "video", "thermal", "depth", "imu")
-EMBED = [sys.executable, "-m", "service.cli", "embed"]
+EMBED = [sys.executable, "-m", "pandaserve", "embed"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_cli_prints_what_the_endpoint_returns(
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "pandaserve",
         "embed",
         "--bundle",
         str(demo_bundle),

@@ -11,7 +11,9 @@ import torch
 
 from service.bundle import load_bundle
 from service.engines.base import Sampling
-from service.prompt import PromptBuilder
+from service.core.prompt import PromptAssembler
+from service.families import load_family
+from service.resources import engine_config
 from service.settings import Settings
 
 # AsyncLLM's output handler lives on the event loop that first used it: one loop for the module.
@@ -22,15 +24,18 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def engine(demo_bundle: Path) -> AsyncIterator:
     from service.engines.vllm_local import LocalVLLMEngine
 
-    e = LocalVLLMEngine.start(load_bundle(demo_bundle), Settings(kv_cache_gib=1, max_num_seqs=4))
+    bundle = load_bundle(demo_bundle)
+    e = LocalVLLMEngine.start(engine_config(bundle, load_family(bundle), Settings(kv_cache_gib=1, max_num_seqs=4)))
     yield e
     e.shutdown()
 
 
 @pytest.fixture(scope="module")
 def prompt(demo_bundle: Path) -> torch.Tensor:
-    builder = PromptBuilder.load(demo_bundle / "llm" / "tokenizer.model", demo_bundle / "llm")
-    return builder.build([], "Describe the picture.", torch.linspace(-0.05, 0.05, builder.hidden_size))
+    bundle = load_bundle(demo_bundle)
+    prompts = PromptAssembler.load(bundle.llm_dir)
+    slot = torch.linspace(-0.05, 0.05, prompts.hidden_size)[None]
+    return prompts.assemble(load_family(bundle).prompt([], "Describe the picture.", [slot]))
 
 
 def greedy(max_tokens: int, stop: tuple[int, ...] = ()) -> Sampling:

@@ -17,9 +17,10 @@ import openai
 import pytest
 
 from encoders.errors import MediaTooLarge
-from service import remote_media
+from service.api import remote_media
+from service.api.v1_messages import to_turn
+from service.api.v1_schemas import ChatCompletionRequest
 from service.errors import BadRequest
-from service.openai import ChatCompletionRequest, to_turn
 from service.settings import Settings
 from tests.conftest import API_KEY, AUTH
 from tests.media import picture, valid
@@ -323,7 +324,7 @@ async def test_messages_to_turn(media_server: str) -> None:
             ],
         )
     )
-    history, message, media = await to_turn(request.messages, settings)
+    history, message, media = await to_turn(request.messages, settings, settings.turn_limits())
     assert history == [("a\nb", "c")] and message == ""
     assert [(m.modality, m.field) for m in media] == [
         ("image", "messages[1].content[1]"),

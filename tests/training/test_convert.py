@@ -342,7 +342,7 @@ def test_cli_converts_and_reports_errors(demo_bundle: Path, tmp_path: Path) -> N
         "--imagebind",
         str(demo_bundle / "imagebind.pth"),
     ]
-    cmd = [sys.executable, "-m", "service.cli", "bundle", "convert-pandagpt", *args]
+    cmd = [sys.executable, "-m", "pandaserve", "bundle", "convert-pandagpt", *args]
     ok = subprocess.run([*cmd, str(tmp_path / "bundle")], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert load_bundle(tmp_path / "bundle").manifest.lora == "lora"

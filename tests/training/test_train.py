@@ -57,7 +57,7 @@ def train(root: Path, demo_bundle: Path, out: Path, *extra: str) -> None:
     args += ["--out", str(out), "--features", str(root / "features"), "--batch-size", "4", "--micro-batch-size", "2"]
     args += ["--max-tgt-len", "64", "--precision", "fp32", "--save-every", "10", "--no-progress", *extra]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "service.cli", "train", "run", *args]
+    cmd = [sys.executable, "-m", "pandaserve", "train", "run", *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -133,7 +133,7 @@ def test_stop_at_10_then_resume_equals_unbroken(unbroken: Path, resumed: Path) -
 @pytest.fixture(scope="module")
 def exported(unbroken: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("exported")
-    cmd = [sys.executable, "-m", "service.cli", "train", "export", str(unbroken), str(root / "bundle")]
+    cmd = [sys.executable, "-m", "pandaserve", "train", "export", str(unbroken), str(root / "bundle")]
     proc = subprocess.run([*cmd, "--delta", str(root / "delta")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root
@@ -169,7 +169,7 @@ def test_delta_round_trips_through_convert_pandagpt(exported: Path, demo_bundle:
     expected_keys = {"llama_proj.weight", "llama_proj.bias"}
     expected_keys |= {LORA_KEY.format(i=i, p=p, ab=ab) for i in range(NUM_LAYERS) for p in "qkvo" for ab in "AB"}
     assert delta.keys() == expected_keys
-    cmd = [sys.executable, "-m", "service.cli", "bundle", "convert-pandagpt", "--vicuna", str(demo_bundle / "llm")]
+    cmd = [sys.executable, "-m", "pandaserve", "bundle", "convert-pandagpt", "--vicuna", str(demo_bundle / "llm")]
     cmd += ["--delta", str(exported / "delta"), "--imagebind", str(demo_bundle / "imagebind.pth")]
     proc = subprocess.run([*cmd, str(exported / "converted")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

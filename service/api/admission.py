@@ -1,0 +1,53 @@
+"""The front door, before any body is read: no new work while draining, the API key, and the
+tenant's rate limit and in-flight cap, held until the response (or its stream) ends.
+
+An ASGI middleware rather than a route dependency: FastAPI parses a route's form and JSON body
+before its dependencies run, so a request with a bad key would upload its whole body first.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.errors import error_response
+from service.api.lifecycle import Lifecycle
+from service.errors import NotReady, ServiceError
+
+# Probes and the contract need no key and count against no limit.
+PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state  # the app's: its lifecycle, and the resources once the lifespan built them
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        lifecycle: Lifecycle = self.state.lifecycle
+        try:
+            resources = getattr(self.state, "resources", None)
+            if resources is None:
+                raise NotReady("the service is starting")
+            lifecycle.enter()
+        except ServiceError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        try:
+            tenant = resources.keys.tenant(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+            await resources.limiter.enter(tenant or "anonymous")
+        except ServiceError as exc:
+            lifecycle.leave()
+            await error_response(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            try:
+                await resources.limiter.leave(tenant or "anonymous")
+            finally:
+                lifecycle.leave()

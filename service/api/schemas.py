@@ -1,0 +1,79 @@
+"""Response bodies of the HTTP API (request bodies are multipart forms, declared on the routes)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from service.core.session_store import Session
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    reply: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    token_ids: list[int] | None = None
+
+
+class MediaView(BaseModel):
+    modality: str
+    sha256: str
+    bytes: int
+
+
+class TurnView(BaseModel):
+    message: str
+    reply: str
+    finish_reason: str
+    media: list[MediaView]
+    created_at: float
+
+
+class SessionCreate(BaseModel):
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="your labels, returned as given")
+
+
+class SessionView(BaseModel):
+    session_id: str
+    created_at: float
+    metadata: dict[str, str]
+    turns: list[TurnView]
+
+    @classmethod
+    def of(cls, session: Session) -> SessionView:
+        # Never the raw bytes nor the embeddings: a summary of each medium.
+        hidden: Any = {"tenant": True, "turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}
+        return cls.model_validate(session.model_dump(exclude=hidden))
+
+
+class Embedding(BaseModel):
+    field: str  # the upload it came from, e.g. "audio[0]"
+    modality: str
+    sha256: str
+    embedding: list[float]  # ImageBind's joint space, as PandaGPT's path computes it before projection
+
+
+class EmbeddingsResponse(BaseModel):
+    data: list[Embedding]
+    dimensions: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    param: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,53 @@
+"""Multipart media uploads: one repeatable file field per modality of the registry, read under the limits."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated
+
+from fastapi import Depends, File, UploadFile
+
+from encoders.errors import MediaTooLarge
+from encoders.media import MediaInput
+from encoders.modalities import MODALITIES
+from service.api.deps import LimitsDep, SettingsDep
+
+
+async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+    # Read one byte past the limit: enough to know it is too large without reading it all.
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise MediaTooLarge.bytes_over(field, limit)
+    return data
+
+
+async def media_uploads(settings: SettingsDep, limits: LimitsDep, **files: list[UploadFile] | None) -> list[MediaInput]:
+    """Every uploaded file, modality by modality in the registry's order."""
+    media = []
+    for modality, uploads in files.items():
+        uploads = uploads or []
+        limits.check_file_count(modality, len(uploads), modality)
+        for i, upload in enumerate(uploads):
+            field = f"{modality}[{i}]"
+            media.append(MediaInput(modality, await read_upload(upload, field, settings.max_file_bytes), field))
+    return media
+
+
+# The signature FastAPI reads: a file field per modality, from the registry.
+media_uploads.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, annotation=SettingsDep),
+        inspect.Parameter("limits", inspect.Parameter.KEYWORD_ONLY, annotation=LimitsDep),
+        *(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[list[UploadFile] | None, File(description=modality.accepts)],
+            )
+            for name, modality in MODALITIES.items()
+        ),
+    ]
+)
+
+MediaUploads = Annotated[list[MediaInput], Depends(media_uploads)]

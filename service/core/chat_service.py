@@ -1,0 +1,322 @@
+"""One chat turn, from uploaded media and text to a reply, as a stream of events.
+
+Knows sessions, media, the model family's rules and the two seams (encoder, engine); knows nothing
+of HTTP. Every caller (POST /chat, its SSE stream, /v1/chat/completions) consumes the same stream:
+`TextDelta`s, then one `TurnResult`. Between a route and the engine there are two generators:
+`turn` (or `complete`, without a session) holds the session's lock and commits; `_reply` holds the
+engine's admission, and turns the engine's tokens into final text.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, replace
+
+import torch
+from opentelemetry import trace
+
+from encoders.media import Encoder, MediaInput
+from encoders.projector import Projector
+from service.core.admission import EngineAdmission
+from service.core.prompt import PromptAssembler
+from service.core.reply import ReplyDecoder, StopScanner, StopStrings
+from service.core.session_store import MediaRecord, Session, SessionStore, Turn
+from service.engines.base import Engine, Sampling, TokenLogprob
+from service.errors import BadRequest, Conflict, NotFound, Unprocessable
+from service.families.base import Exchange, Family, GenerationDefaults
+from service.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """What the client asked for; None means the bundle's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # stop strings (OpenAI's `stop`); the family's own stop rule always applies
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    session_id: str | None
+    reply: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+
+
+TurnEvent = TextDelta | TurnResult
+
+
+async def final_result(first: TurnEvent, events: AsyncGenerator[TurnEvent, None]) -> TurnResult:
+    """A whole turn, not streamed: skip its deltas to its result (closing the stream on every path)."""
+    async with aclosing(events):
+        event = first
+        while not isinstance(event, TurnResult):
+            event = await anext(events)
+    return event
+
+
+class _Timing:
+    """Time to first token, inter-token latency, time per output token and end-to-end latency."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.started = self.first = self.last = time.perf_counter()
+        self.tokens = 0
+        self.deltas = 0
+
+    def tokens_arrived(self, count: int) -> None:
+        now = time.perf_counter()
+        self.deltas += 1
+        if self.deltas == 1:
+            self.metrics.time_to_first_token.observe(now - self.started)
+            self.first = now
+        else:
+            for _ in range(count):  # spread over the tokens of the delta
+                self.metrics.inter_token_latency.observe((now - self.last) / max(count, 1))
+        self.last = now
+        self.tokens += count
+
+    def done(self, prompt_tokens: int) -> None:
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generation_tokens.inc(self.tokens)
+        self.metrics.e2e_latency.observe(self.last - self.started)
+        if self.tokens > 1:
+            self.metrics.time_per_output_token.observe((self.last - self.first) / (self.tokens - 1))
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        encoder: Encoder,
+        projector: Projector,
+        family: Family,
+        prompts: PromptAssembler,
+        engine: Engine,
+        store: SessionStore,
+        metrics: Metrics,
+        generation: GenerationDefaults,
+        tracer: trace.Tracer,
+        admission: EngineAdmission,
+        lock_ttl_s: float = 600.0,
+    ) -> None:
+        self.encoder = encoder
+        self.projector = projector
+        self.family = family
+        self.prompts = prompts
+        self.engine = engine
+        self.store = store
+        self.metrics = metrics
+        self.generation = generation
+        self.tracer = tracer
+        self.admission = admission
+        self.lock_ttl_s = lock_ttl_s
+
+    def sampling(self, request: SamplingRequest, prompt_tokens: int) -> Sampling:
+        d = self.generation
+        room = self.engine.max_model_len - prompt_tokens
+        max_tokens = request.max_tokens if request.max_tokens is not None else min(d.max_tokens, room)
+        if max_tokens > room:
+            raise BadRequest(
+                f"max_tokens is {max_tokens} but only {max(room, 0)} tokens of context are left "
+                f"(prompt {prompt_tokens}, context {self.engine.max_model_len})",
+                param="max_tokens",
+            )
+        if max_tokens < 1:
+            raise BadRequest(f"the prompt ({prompt_tokens} tokens) fills the context", param="message")
+        return Sampling(
+            max_tokens=max_tokens,
+            temperature=d.temperature if request.temperature is None else request.temperature,
+            top_p=d.top_p if request.top_p is None else request.top_p,
+            top_k=d.top_k if request.top_k is None else request.top_k,
+            seed=request.seed,
+            stop_token_ids=self.family.stop_rule.engine_stop_ids(),
+            logprobs=request.logprobs,
+        )
+
+    async def turn(
+        self,
+        tenant: str | None,
+        session_id: str | None,
+        message: str,
+        media: list[MediaInput],
+        request: SamplingRequest,
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """A turn of a stored session (created when `session_id` is None), committed only when it completes.
+
+        The session is locked for the turn: a second concurrent turn gets Conflict. A turn that
+        fails, or whose consumer stops early (a client disconnect), commits nothing.
+        """
+        async with self._locked(tenant, session_id) as session:
+            if not media and not session.media():
+                raise Unprocessable(
+                    "the first turn of a chat needs at least one media file "
+                    "(image, audio, video, thermal, depth or imu)"
+                )
+            order = self.family.modality_order
+            records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
+            result = None
+            async with aclosing(self._reply(session.history(), message, session.media() + records, request)) as events:
+                async for event in events:
+                    if isinstance(event, TurnResult):
+                        result = event
+                    else:
+                        yield event
+            assert result is not None
+            expected_turns = len(session.turns)
+            turn = Turn(
+                message=message,
+                reply=result.reply,
+                finish_reason=result.finish_reason,
+                media=records,
+                created_at=time.time(),
+            )
+            session.turns.append(turn)
+            await self.store.commit(session, expected_turns)
+            yield replace(result, session_id=session.session_id)
+
+    async def complete(
+        self, history: list[Exchange], message: str, media: list[MediaInput], request: SamplingRequest
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """A stateless turn (no session): the history and every medium come with the request."""
+        if not media:
+            raise Unprocessable(f"a {self.family.name} chat needs at least one media file", param="messages")
+        async with aclosing(self._reply(history, message, await self._embed(media), request)) as events:
+            async for event in events:
+                yield event
+
+    @asynccontextmanager
+    async def _locked(self, tenant: str | None, session_id: str | None) -> AsyncIterator[Session]:
+        """The session to build the turn on, locked until the turn ends (a new one needs no lock)."""
+        if session_id is None:
+            yield Session.new(tenant)
+            return
+        # Ownership first: another tenant's busy session must read 404, not 409.
+        await self._load(tenant, session_id)
+        lock = await self.store.acquire(session_id, self.lock_ttl_s)
+        if lock is None:
+            raise Conflict("another turn of this session is in progress; retry when it ends", param="session_id")
+        try:
+            # Read under the lock: the turn builds on the latest committed history.
+            yield await self._load(tenant, session_id)
+        finally:
+            await self.store.release(session_id, lock)
+
+    async def _embed(self, media: list[MediaInput]) -> list[MediaRecord]:
+        with self.tracer.start_as_current_span("encode media") as span:
+            span.set_attribute("pandaserve.media.modalities", [item.modality for item in media])
+            embeddings = await self.encoder.encode(media)
+        return [
+            MediaRecord(modality=item.modality, sha256=item.sha256, bytes=len(item.data), embedding=emb)
+            for item, emb in zip(media, embeddings, strict=True)
+        ]
+
+    def _prompt(self, history: Sequence[Exchange], message: str, media: list[MediaRecord]) -> torch.Tensor:
+        # Media of every turn so far, in order (the original reused the first turn's slot).
+        with torch.inference_mode():
+            vectors = self.projector(torch.stack([m.embedding for m in media]))
+        return self.prompts.assemble(self.family.prompt(history, message, list(vectors[:, None])))
+
+    async def _reply(
+        self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
+    ) -> AsyncGenerator[TurnEvent, None]:
+        """The reply to this prompt as events, releasing text as soon as it is final.
+
+        Admission is held from before the engine's request until it ends; leaving this generator
+        early (a client disconnect, a stop string) closes the engine's stream, which aborts it.
+        """
+        prompt = self._prompt(history, message, media)
+        sampling = self.sampling(request, len(prompt))
+        tokens: StopScanner[TokenLogprob | None] = StopScanner(self.family.stop_rule)
+        decoder = ReplyDecoder(self.family.tokenizer)
+        stops = StopStrings(request.stop)
+        timing = _Timing(self.metrics)
+        ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
+        unsent = 0  # of `ids`, how many are not in a delta yet
+
+        def take(released: list[tuple[int, TokenLogprob | None]]) -> str:
+            nonlocal unsent
+            ids.extend(t for t, _ in released)
+            logprobs.extend(lp for _, lp in released if lp is not None)
+            unsent += len(released)
+            return stops.push(decoder.push([t for t, _ in released]))
+
+        def delta(text: str) -> TextDelta:
+            nonlocal unsent
+            new = slice(len(ids) - unsent, len(ids))
+            unsent = 0
+            return TextDelta(text, ids[new], logprobs[new] if request.logprobs is not None else None)
+
+        # Not the current span: this generator is suspended between events, and its consumer's
+        # context must not change under it. Its parent is the request's span.
+        span = self.tracer.start_span("generate", attributes={"pandaserve.prompt_tokens": len(prompt)})
+        finish_reason = None
+        try:
+            with self.admission.admit(len(prompt)) as ticket:
+                engine = self.engine.generate(uuid.uuid4().hex, prompt, sampling)
+                async with aclosing(engine) as deltas:
+                    async for out in deltas:
+                        ticket.prefilled()
+                        if out.queued_s is not None:
+                            self.metrics.queue_time.labels("engine").observe(out.queued_s)
+                        timing.tokens_arrived(len(out.token_ids))
+                        extras: Sequence[TokenLogprob | None] = out.logprobs or [None] * len(out.token_ids)
+                        if any(tokens.push(t, lp) for t, lp in zip(out.token_ids, extras, strict=True)):
+                            break
+                        if text := take(tokens.release()):
+                            yield delta(text)
+                        if stops.hit:
+                            break  # leaving the engine's stream aborts the request
+            stopped = tokens.stopped or stops.hit
+            text = take(tokens.finish()) + stops.push(decoder.finish()) + stops.finish()
+            if text or unsent:
+                yield delta(text)
+            finish_reason = "stop" if stopped or stops.hit else "length"
+            timing.done(len(prompt))
+            span.set_attribute("pandaserve.completion_tokens", timing.tokens)
+            span.set_attribute("pandaserve.finish_reason", finish_reason)
+            kept_logprobs = logprobs if request.logprobs is not None else None
+            yield TurnResult(None, stops.text, finish_reason, len(prompt), timing.tokens, ids, kept_logprobs)
+        finally:
+            if finish_reason is None:
+                self.metrics.aborted.inc()
+                span.set_attribute("pandaserve.finish_reason", "aborted")
+            span.end()
+
+    async def _load(self, tenant: str | None, session_id: str) -> Session:
+        session = await self.store.get(session_id)
+        # Another tenant's session is "not found", not "forbidden": its existence must not leak.
+        if session is None or session.tenant != tenant:
+            raise NotFound(f"session {session_id!r} does not exist or has expired", param="session_id")
+        return session
+
+    async def get_session(self, tenant: str | None, session_id: str) -> Session:
+        return await self._load(tenant, session_id)
+
+    async def create_session(self, tenant: str | None, metadata: dict[str, str]) -> Session:
+        session = Session.new(tenant, metadata)
+        await self.store.commit(session, expected_turns=0)
+        return session
+
+    async def delete_session(self, tenant: str | None, session_id: str) -> None:
+        await self._load(tenant, session_id)
+        await self.store.delete(session_id)

@@ -1,0 +1,92 @@
+"""Per-tenant admission: a token bucket of requests per minute and a cap on requests in flight.
+
+In Redis when sessions are there (shared by every replica), in memory for the embedded default.
+Over either limit: TooManyRequests (429) with Retry-After.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+import redis.asyncio as redis
+
+from service.core.session_store import redis_available
+from service.errors import TooManyRequests
+
+
+class RateLimiter(Protocol):
+    async def enter(self, tenant: str) -> None:
+        """Admit one request (raises TooManyRequests), taking a slot until `leave`."""
+        ...
+
+    async def leave(self, tenant: str) -> None: ...
+
+
+def _refused_by_rate(wait_s: float, rpm: int) -> TooManyRequests:
+    return TooManyRequests(f"rate limit of {rpm} requests per minute reached", retry_after_s=max(1, math.ceil(wait_s)))
+
+
+def _refused_by_concurrency(limit: int) -> TooManyRequests:
+    return TooManyRequests(f"{limit} requests of this API key are already in flight", retry_after_s=1)
+
+
+class MemoryRateLimiter:
+    def __init__(self, rpm: int, concurrency: int) -> None:
+        self.rpm, self.concurrency = rpm, concurrency
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self._in_flight: dict[str, int] = {}
+
+    async def enter(self, tenant: str) -> None:
+        now = time.monotonic()
+        tokens, at = self._buckets.get(tenant, (float(self.rpm), now))
+        tokens = min(float(self.rpm), tokens + (now - at) * self.rpm / 60)
+        if tokens < 1:
+            raise _refused_by_rate((1 - tokens) * 60 / self.rpm, self.rpm)
+        if self._in_flight.get(tenant, 0) >= self.concurrency:
+            raise _refused_by_concurrency(self.concurrency)
+        self._buckets[tenant] = (tokens - 1, now)
+        self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+
+    async def leave(self, tenant: str) -> None:
+        self._in_flight[tenant] = max(0, self._in_flight.get(tenant, 1) - 1)
+
+
+# KEYS: bucket, in-flight counter. ARGV: rpm, concurrency, now (ms).
+# Returns 0 when admitted, -1 when over the concurrency cap, else the ms to wait for a token.
+_ENTER = """
+local rpm, cap, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]) or rpm, tonumber(state[2]) or now
+tokens = math.min(rpm, tokens + (now - at) * rpm / 60000)
+if tokens < 1 then return math.ceil((1 - tokens) * 60000 / rpm) end
+if (tonumber(redis.call('GET', KEYS[2])) or 0) >= cap then return -1 end
+redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
+redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 3600)  -- a crashed replica's slots free themselves within the hour
+return 0
+"""
+
+
+class RedisRateLimiter:
+    def __init__(self, client: redis.Redis, rpm: int, concurrency: int, prefix: str = "pandaserve:rate:") -> None:
+        self.client, self.rpm, self.concurrency, self.prefix = client, rpm, concurrency, prefix
+        self._enter = client.register_script(_ENTER)
+
+    def _keys(self, tenant: str) -> list[str]:
+        return [f"{self.prefix}{tenant}:bucket", f"{self.prefix}{tenant}:in_flight"]
+
+    async def enter(self, tenant: str) -> None:
+        args = [self.rpm, self.concurrency, int(time.time() * 1000)]
+        async with redis_available():
+            verdict = int(await self._enter(keys=self._keys(tenant), args=args))
+        if verdict == -1:
+            raise _refused_by_concurrency(self.concurrency)
+        if verdict > 0:
+            raise _refused_by_rate(verdict / 1000, self.rpm)
+
+    async def leave(self, tenant: str) -> None:
+        async with redis_available():
+            await self.client.decr(self._keys(tenant)[1])

@@ -1,0 +1,223 @@
+"""Conversation sessions: in memory for the embedded default, in Redis when REDIS_URL is set.
+
+A session is stored as one JSON document plus its turn count. A turn is committed only after
+generation succeeded, and only if the stored turn count is still the one the turn started from
+(compare-and-set, atomic in Redis through a Lua script) — so a failed or raced turn leaves the
+stored session byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Protocol
+
+import numpy as np
+import redis.asyncio as redis
+import torch
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+
+from service.errors import Conflict, StoreUnavailable
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.from_numpy(np.frombuffer(base64.b64decode(value), dtype="<f4").copy())
+
+
+def _base64(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.detach().to(torch.float32).numpy().astype("<f4").tobytes()).decode()
+
+
+# A tensor in memory; float32 little-endian, base64, in the stored JSON.
+Float32Tensor = Annotated[
+    torch.Tensor, PlainValidator(_tensor), PlainSerializer(_base64, return_type=str), WithJsonSchema({"type": "string"})
+]
+
+
+class MediaRecord(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    modality: str
+    sha256: str
+    bytes: int
+    # The 1024-d ImageBind embedding: the media slot is projected again from these at every turn.
+    embedding: Float32Tensor
+
+    def __eq__(self, other: object) -> bool:  # tensors compare element-wise: say what equal means
+        return (
+            isinstance(other, MediaRecord)
+            and (self.modality, self.sha256, self.bytes) == (other.modality, other.sha256, other.bytes)
+            and torch.equal(self.embedding, other.embedding)
+        )
+
+
+class Turn(BaseModel):
+    message: str
+    reply: str
+    finish_reason: str
+    media: list[MediaRecord] = Field(default_factory=list)
+    created_at: float
+
+
+class Session(BaseModel):
+    session_id: str
+    created_at: float
+    # The tenant (the id of the API key) that created it; None when auth is off. Stored as "owner" before.
+    tenant: str | None = Field(default=None, validation_alias=AliasChoices("tenant", "owner"))
+    metadata: dict[str, str] = Field(default_factory=dict)
+    turns: list[Turn] = Field(default_factory=list)
+
+    @classmethod
+    def new(cls, tenant: str | None, metadata: dict[str, str] | None = None) -> Session:
+        return cls(
+            session_id=f"sess_{uuid.uuid4().hex}", created_at=time.time(), tenant=tenant, metadata=metadata or {}
+        )
+
+    def media(self) -> list[MediaRecord]:
+        return [m for turn in self.turns for m in turn.media]
+
+    def history(self) -> list[tuple[str, str]]:
+        return [(t.message, t.reply) for t in self.turns]
+
+
+class SessionStore(Protocol):
+    async def get(self, session_id: str) -> Session | None:
+        """The session, its TTL refreshed (sessions expire after a TTL without use)."""
+        ...
+
+    async def commit(self, session: Session, expected_turns: int) -> None:
+        """Store `session` if the stored copy still has `expected_turns` turns (0 if absent), else Conflict."""
+        ...
+
+    async def delete(self, session_id: str) -> bool: ...
+
+    async def acquire(self, session_id: str, ttl_s: float) -> str | None:
+        """Lock the session for one turn: a token to release it with, or None if it is locked.
+        The lock expires after `ttl_s` so a crashed replica cannot hold it forever."""
+        ...
+
+    async def release(self, session_id: str, token: str) -> None:
+        """Unlock, if `token` still holds the lock."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+class MemorySessionStore:
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[int, str, float]] = {}  # id -> (turns, json, expires_at)
+        self._locks: dict[str, tuple[str, float]] = {}  # id -> (token, expires_at)
+
+    def _live(self, session_id: str) -> tuple[int, str, float] | None:
+        item = self._items.get(session_id)
+        if item is not None and item[2] <= time.monotonic():
+            del self._items[session_id]
+            return None
+        return item
+
+    async def get(self, session_id: str) -> Session | None:
+        item = self._live(session_id)
+        if item is None:
+            return None
+        self._items[session_id] = (item[0], item[1], time.monotonic() + self.ttl_s)
+        return Session.model_validate_json(item[1])
+
+    async def commit(self, session: Session, expected_turns: int) -> None:
+        # No await between the check and the write: atomic on the event loop.
+        item = self._live(session.session_id)
+        if (item[0] if item else 0) != expected_turns:
+            raise Conflict("the session changed during this turn; retry", param="session_id")
+        expires = time.monotonic() + self.ttl_s
+        self._items[session.session_id] = (len(session.turns), session.model_dump_json(), expires)
+
+    async def delete(self, session_id: str) -> bool:
+        return self._items.pop(session_id, None) is not None
+
+    async def acquire(self, session_id: str, ttl_s: float) -> str | None:
+        held = self._locks.get(session_id)
+        if held is not None and held[1] > time.monotonic():
+            return None
+        token = uuid.uuid4().hex
+        self._locks[session_id] = (token, time.monotonic() + ttl_s)
+        return token
+
+    async def release(self, session_id: str, token: str) -> None:
+        if self._locks.get(session_id, ("",))[0] == token:
+            del self._locks[session_id]
+
+    async def ping(self) -> None:
+        return None
+
+
+@asynccontextmanager
+async def redis_available() -> AsyncIterator[None]:
+    """Redis unreachable -> StoreUnavailable (503). redis-py reconnects on the next call once it is back."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable("the session store (Redis) is unavailable; retry shortly") from exc
+
+
+# KEYS[1] session hash; ARGV: expected turns, new turns, json, ttl seconds.
+_COMMIT = """
+local turns = redis.call('HGET', KEYS[1], 'turns')
+if (turns or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'turns', ARGV[2], 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+# KEYS[1] lock key; ARGV[1] token. Deletes the lock only if this token still holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisSessionStore:
+    def __init__(self, client: redis.Redis, ttl_s: int, prefix: str = "pandaserve:session:") -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self._commit = self.client.register_script(_COMMIT)
+        self._release = self.client.register_script(_RELEASE)
+
+    async def get(self, session_id: str) -> Session | None:
+        async with redis_available():
+            key = self.prefix + session_id
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hget(key, "data")
+                pipe.expire(key, self.ttl_s)  # refreshed on use
+                data, _ = await pipe.execute()
+            return Session.model_validate_json(data) if data else None
+
+    async def commit(self, session: Session, expected_turns: int) -> None:
+        async with redis_available():
+            args: list[str | int] = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
+            if not await self._commit(keys=[self.prefix + session.session_id], args=args):
+                raise Conflict("the session changed during this turn; retry", param="session_id")
+
+    async def delete(self, session_id: str) -> bool:
+        async with redis_available():
+            return bool(await self.client.delete(self.prefix + session_id))
+
+    async def acquire(self, session_id: str, ttl_s: float) -> str | None:
+        async with redis_available():
+            token = uuid.uuid4().hex
+            locked = await self.client.set(f"{self.prefix}{session_id}:lock", token, nx=True, px=int(ttl_s * 1000))
+            return token if locked else None
+
+    async def release(self, session_id: str, token: str) -> None:
+        async with redis_available():
+            await self._release(keys=[f"{self.prefix}{session_id}:lock"], args=[token])
+
+    async def ping(self) -> None:
+        async with redis_available():
+            await self.client.ping()

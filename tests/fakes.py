@@ -1,0 +1,114 @@
+"""Fakes at the two seams only (the engine and the encoder), for the unit tier: everything between
+them (the chat core, the family, the stores, the HTTP edge) is the real code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import torch
+from opentelemetry import trace
+
+from encoders.media import MediaInput
+from encoders.projector import Projector
+from service.bundle import load_bundle
+from service.core.admission import EngineAdmission
+from service.core.api_keys import ApiKeys
+from service.core.chat_service import ChatService
+from service.core.prompt import PromptAssembler
+from service.core.rate_limit import MemoryRateLimiter
+from service.core.session_store import MemorySessionStore
+from service.core.turn_limits import TurnLimits
+from service.engines.base import Delta, Sampling
+from service.families import load_family
+from service.families.base import GenerationDefaults
+from service.metrics import Metrics
+from service.resources import Resources, ServedModel
+
+
+class ScriptedEngine:
+    """Replays a script of token chunks, like vLLM's DELTA outputs; records aborted requests."""
+
+    max_model_len = 2048
+
+    def __init__(self, chunks: list[list[int]], eos: int = 2, gate: asyncio.Event | None = None) -> None:
+        self.chunks = chunks
+        self.eos = eos
+        self.gate = gate
+        self.aborted: list[str] = []
+        self.prompts: list[torch.Tensor] = []
+
+    async def generate(self, request_id: str, prompt: torch.Tensor, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        self.prompts.append(prompt)
+        finished = False
+        try:
+            for i, chunk in enumerate(self.chunks):
+                if self.gate is not None and i == 2:  # after one token could be released
+                    await self.gate.wait()
+                last = chunk[-1]
+                stop = last in sampling.stop_token_ids or last == self.eos
+                done = i == len(self.chunks) - 1 or stop
+                yield Delta(chunk, ("stop" if stop else "length") if done else None)
+                if done:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.aborted.append(request_id)
+
+    async def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+
+class FixedEncoder:
+    """Every file's embedding is a constant vector (its position in the request, scaled)."""
+
+    def __init__(self) -> None:
+        self.encoded: list[MediaInput] = []
+
+    async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
+        self.encoded += items
+        return [torch.full((1024,), 0.01 * (i + 1)) for i, _ in enumerate(items)]
+
+    async def check_health(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def chat_service(bundle_dir: Path, engine: ScriptedEngine, encoder: FixedEncoder | None = None) -> ChatService:
+    """The real chat core on the demo bundle's tokenizer and embedding table, between the two fakes."""
+    bundle = load_bundle(bundle_dir)
+    prompts = PromptAssembler.load(bundle.llm_dir)
+    return ChatService(
+        encoder=encoder or FixedEncoder(),
+        projector=Projector(1024, prompts.hidden_size),
+        family=load_family(bundle),
+        prompts=prompts,
+        engine=engine,
+        store=MemorySessionStore(ttl_s=60),
+        metrics=Metrics(),
+        generation=GenerationDefaults(max_tokens=64, temperature=0.0, top_p=1.0, top_k=-1),
+        tracer=trace.NoOpTracer(),
+        admission=EngineAdmission(max_requests=8, max_queued_prompt_tokens=10_000),
+    )
+
+
+def resources(chat: ChatService, keys: list[str] | None = None, rpm: int = 600) -> Resources:
+    """What `create_app` serves, around a chat core made by `chat_service`."""
+    assert isinstance(chat.engine, ScriptedEngine) and isinstance(chat.encoder, FixedEncoder)
+    return Resources(
+        chat=chat,
+        encoder=chat.encoder,
+        engine=chat.engine,
+        store=chat.store,
+        keys=ApiKeys(keys or []),
+        limiter=MemoryRateLimiter(rpm, concurrency=4),
+        limits=TurnLimits(max_message_chars=16_000, max_files_per_modality=4),
+        model=ServedModel("demo", 0),
+    )

@@ -1,0 +1,99 @@
+"""The HTTP edge in-process, on the real chat core with fakes at the two seams: the front door acts
+before any body is read, and /chat and /v1 carry a turn end to end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sentencepiece as spm
+
+from service.api.app import create_app
+from service.settings import Settings
+from tests.fakes import ScriptedEngine, chat_service, resources
+
+pytestmark = pytest.mark.unit
+KEY = "k1"
+BODY = 50 * 2**20  # what the request claims to upload
+
+
+@pytest.fixture(scope="module")
+def sp(demo_bundle: Path) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
+
+
+def client(demo_bundle: Path, engine: ScriptedEngine, rpm: int = 600) -> httpx.AsyncClient:
+    app = create_app(Settings(), resources(chat_service(demo_bundle, engine), keys=[KEY], rpm=rpm))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
+
+
+class Upload:
+    """A 50 MiB multipart body, produced only as the server reads it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        self.pulled += len(head)
+        yield head
+        for _ in range(BODY // 2**16):
+            self.pulled += 2**16
+            yield b"\0" * 2**16
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}])
+async def test_a_bad_key_is_refused_before_the_body_is_read(demo_bundle: Path, headers: dict[str, str]) -> None:
+    upload = Upload()
+    headers |= {"content-type": "multipart/form-data; boundary=b", "content-length": str(BODY)}
+    async with client(demo_bundle, ScriptedEngine([[5]])) as c:
+        r = await c.post("/chat", content=upload, headers=headers)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert upload.pulled <= 2**16 + 100  # at most the first chunk httpx had ready: not the 50 MiB
+
+
+async def test_over_the_rate_is_refused_before_the_body_is_read(demo_bundle: Path) -> None:
+    async with client(demo_bundle, ScriptedEngine([[5]]), rpm=1) as c:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert (await c.get("/sessions/sess_none", headers=auth)).status_code == 404
+        upload = Upload()
+        headers = auth | {"content-type": "multipart/form-data; boundary=b", "content-length": str(BODY)}
+        r = await c.post("/chat", content=upload, headers=headers)
+    assert r.status_code == 429 and "retry-after" in r.headers
+    assert upload.pulled <= 2**16 + 100
+
+
+async def test_chat_and_its_stream_over_the_real_core(demo_bundle: Path, sp: spm.SentencePieceProcessor) -> None:
+    reply = sp.encode("A red square.")
+    chunks = [[t] for t in reply] + [[sp.piece_to_id("<0x0A>")], [sp.piece_to_id("##")]]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    files = {"image": ("a.png", b"any bytes: the encoder is a fake")}
+    async with client(demo_bundle, ScriptedEngine(chunks)) as c:
+        r = await c.post("/chat", data={"message": "What is it?"}, files=files, headers=auth)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["reply"], body["finish_reason"]) == ("A red square.", "stop")
+        sid = body["session_id"]
+        form = {"message": "Again?", "session_id": sid, "stream": "true", "return_token_ids": "true"}
+        r = await c.post("/chat", data=form, headers=auth)
+        events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+        deltas = [json.loads(e[6:]) for e in events[:-1]]
+        done = json.loads(events[-1][6:])
+        assert "".join(d["text"] for d in deltas) == done["reply"] == "A red square."
+        assert sum((d["token_ids"] for d in deltas), []) == done["token_ids"] == reply
+        session = (await c.get(f"/sessions/{sid}", headers=auth)).json()
+        assert [t["message"] for t in session["turns"]] == ["What is it?", "Again?"]
+
+
+async def test_v1_chat_completions_over_the_real_core(demo_bundle: Path, sp: spm.SentencePieceProcessor) -> None:
+    chunks = [[t] for t in sp.encode("Two blue circles.")] + [[2]]
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    body = {"model": "demo", "messages": [{"role": "user", "content": [image, {"type": "text", "text": "What?"}]}]}
+    async with client(demo_bundle, ScriptedEngine(chunks)) as c:
+        r = await c.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("Two blue circles.", "stop")

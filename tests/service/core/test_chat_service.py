@@ -1,0 +1,149 @@
+"""The chat core's event stream, with fakes at the two seams (engine, encoder pool).
+
+What it must get right: PandaGPT's stop rule (`##` drops itself and the token before it; EOS only
+itself; length keeps everything), streamed deltas that add up to the reply without ever showing
+the held-back separator, stop strings, incomplete UTF-8, per-session locks and tenants, and that
+a turn whose stream is abandoned commits nothing and aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+from encoders.media import MediaInput
+from service.core.chat_service import ChatService, SamplingRequest, TextDelta, TurnResult
+from service.errors import Conflict, NotFound, Unprocessable
+from tests.fakes import ScriptedEngine, chat_service
+
+pytestmark = pytest.mark.unit
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def builder(demo_bundle: Path) -> Path:
+    return demo_bundle
+
+
+@pytest.fixture(scope="module")
+def sp(demo_bundle: Path) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def stop_id(sp: spm.SentencePieceProcessor) -> int:
+    return sp.piece_to_id("##")
+
+
+def service(builder: Path, stop_id: int, engine: ScriptedEngine) -> ChatService:
+    return chat_service(builder, engine)
+
+
+IMAGE = [MediaInput("image", b"png bytes", "image[0]")]
+
+
+async def run(chat: ChatService, request: SamplingRequest | None = None) -> tuple[list[TextDelta], TurnResult]:
+    deltas: list[TextDelta] = []
+    async with aclosing(chat.complete([], "Hi", IMAGE, request or SamplingRequest())) as events:
+        async for event in events:
+            if isinstance(event, TurnResult):
+                return deltas, event
+            deltas.append(event)
+    raise AssertionError("no TurnResult")
+
+
+def ids(sp: spm.SentencePieceProcessor, text: str) -> list[int]:
+    return sp.encode(text)
+
+
+async def test_stop_token_drops_itself_and_the_separator_before_it(builder, sp, stop_id) -> None:
+    reply = ids(sp, "A red square.")
+    newline = sp.piece_to_id("<0x0A>")
+    chunks = [[t] for t in reply] + [[newline], [stop_id]]
+    deltas, result = await run(service(builder, stop_id, ScriptedEngine(chunks)))
+    assert result.token_ids == reply and result.finish_reason == "stop"
+    assert result.reply == sp.decode(reply) == "A red square."
+    assert "".join(d.text for d in deltas) == result.reply  # the "\n" never leaked into the stream
+    assert result.completion_tokens == len(reply) + 2
+
+
+async def test_stop_token_first_gives_an_empty_reply(builder, sp, stop_id) -> None:
+    _, result = await run(service(builder, stop_id, ScriptedEngine([[stop_id]])))
+    assert result.token_ids == [] and result.reply == "" and result.finish_reason == "stop"
+
+
+async def test_stop_token_inside_a_chunk(builder, sp, stop_id) -> None:
+    reply = ids(sp, "two words")
+    chunk = [*reply, sp.piece_to_id("<0x0A>"), stop_id]
+    _, result = await run(service(builder, stop_id, ScriptedEngine([chunk])))
+    assert result.token_ids == reply
+
+
+async def test_eos_drops_only_itself(builder, sp, stop_id) -> None:
+    reply = ids(sp, "blue circle")
+    _, result = await run(service(builder, stop_id, ScriptedEngine([[t] for t in reply] + [[EOS]])))
+    assert result.token_ids == reply and result.finish_reason == "stop"
+
+
+async def test_length_keeps_every_token(builder, sp, stop_id) -> None:
+    # The original dropped two tokens here too; a bug we do not reproduce.
+    reply = ids(sp, "one two three\n")
+    deltas, result = await run(service(builder, stop_id, ScriptedEngine([[t] for t in reply])))
+    assert result.token_ids == reply and result.finish_reason == "length"
+    assert "".join(d.text for d in deltas) == result.reply == sp.decode(reply)
+
+
+async def test_incomplete_utf8_is_held_back(builder, sp, stop_id) -> None:
+    reply = ids(sp, "héllo 世界 🙂 ok")
+    deltas, result = await run(service(builder, stop_id, ScriptedEngine([[t] for t in reply])))
+    assert all("\ufffd" not in d.text for d in deltas)
+    assert "".join(d.text for d in deltas) == result.reply == "héllo 世界 🙂 ok"
+
+
+async def test_stop_string_cuts_the_reply_and_aborts_the_engine(builder, sp, stop_id) -> None:
+    reply = ids(sp, "the red circle is on the left")
+    engine = ScriptedEngine([[t] for t in reply])
+    deltas, result = await run(service(builder, stop_id, engine), SamplingRequest(stop=("circle",)))
+    assert result.reply == "the red " and result.finish_reason == "stop"
+    assert "".join(d.text for d in deltas) == result.reply
+    assert len(engine.aborted) == 1  # the engine request did not run to its end
+
+
+async def test_turns_commit_history_under_the_tenant(builder, sp, stop_id) -> None:
+    chat = service(builder, stop_id, ScriptedEngine([ids(sp, "fine")]))
+    events = [e async for e in chat.turn("alice", None, "Hello", IMAGE, SamplingRequest())]
+    sid = events[-1].session_id
+    assert sid and (await chat.get_session("alice", sid)).history() == [("Hello", "fine")]
+    with pytest.raises(NotFound):
+        await chat.get_session("bob", sid)  # another tenant: not found, not forbidden
+    with pytest.raises(NotFound):
+        [e async for e in chat.turn("bob", sid, "Hi", [], SamplingRequest())]
+
+
+async def test_first_turn_needs_media(builder, sp, stop_id) -> None:
+    chat = service(builder, stop_id, ScriptedEngine([[5]]))
+    with pytest.raises(Unprocessable):
+        [e async for e in chat.turn(None, None, "Hello", [], SamplingRequest())]
+
+
+async def test_concurrent_turn_conflicts_and_an_abandoned_turn_commits_nothing(builder, sp, stop_id) -> None:
+    gate = asyncio.Event()
+    engine = ScriptedEngine([[t] for t in ids(sp, "one two three four")], gate=gate)
+    chat = service(builder, stop_id, engine)
+    session = await chat.create_session("alice", {"app": "test"})
+    sid = session.session_id
+    first = chat.turn("alice", sid, "Hello", IMAGE, SamplingRequest())
+    await anext(first)  # generating, blocked at the gate: the session is locked
+    with pytest.raises(Conflict):
+        await anext(chat.turn("alice", sid, "Again", IMAGE, SamplingRequest()))
+    await first.aclose()  # the client went away
+    assert len(engine.aborted) == 1
+    assert (await chat.get_session("alice", sid)).turns == []  # nothing committed
+    gate.set()
+    events = [e async for e in chat.turn("alice", sid, "Hello", IMAGE, SamplingRequest())]  # the lock was released
+    assert isinstance(events[-1], TurnResult)
+    assert len((await chat.get_session("alice", sid)).turns) == 1

@@ -1,0 +1,125 @@
+"""One contract, two stores: in memory and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+import torch
+
+from service.errors import Conflict
+from service.core.session_store import MediaRecord, MemorySessionStore, RedisSessionStore, Session, SessionStore, Turn
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[SessionStore]:
+    if request.param == "memory":
+        yield MemorySessionStore(ttl_s=60)
+        return
+    async with redis.Redis.from_url(redis_url) as client:
+        yield RedisSessionStore(client, ttl_s=60, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
+
+
+def turn(message: str, media: list[MediaRecord] | None = None) -> Turn:
+    return Turn(message=message, reply="r:" + message, finish_reason="stop", media=media or [], created_at=time.time())
+
+
+def test_media_record_round_trips_the_embedding() -> None:
+    vector = torch.randn(1024)
+    record = MediaRecord(modality="image", sha256="ab" * 32, bytes=123, embedding=vector)
+    assert torch.equal(MediaRecord.model_validate_json(record.model_dump_json()).embedding, vector)
+
+
+async def test_commit_then_get(store: SessionStore) -> None:
+    session = Session.new(None)
+    session.turns.append(turn("hi", [MediaRecord(modality="image", sha256="0" * 64, bytes=10, embedding=torch.ones(4))]))
+    await store.commit(session, expected_turns=0)
+    loaded = await store.get(session.session_id)
+    assert loaded == session
+    assert loaded is not None and torch.equal(loaded.media()[0].embedding, torch.ones(4))
+
+
+async def test_unknown_session_is_none(store: SessionStore) -> None:
+    assert await store.get("sess_missing") is None
+
+
+async def test_stale_commit_conflicts_and_changes_nothing(store: SessionStore) -> None:
+    session = Session.new(None)
+    session.turns.append(turn("one"))
+    await store.commit(session, expected_turns=0)
+
+    first = session.model_copy(deep=True)
+    first.turns.append(turn("two"))
+    second = session.model_copy(deep=True)
+    second.turns.append(turn("other two"))
+    await store.commit(first, expected_turns=1)
+    with pytest.raises(Conflict):
+        await store.commit(second, expected_turns=1)
+    assert await store.get(session.session_id) == first
+
+
+async def test_concurrent_commits_let_exactly_one_win(store: SessionStore) -> None:
+    session = Session.new(None)
+    candidates = []
+    for i in range(8):
+        c = session.model_copy(deep=True)
+        c.turns.append(turn(f"t{i}"))
+        candidates.append(c)
+    results = await asyncio.gather(*(store.commit(c, 0) for c in candidates), return_exceptions=True)
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, Conflict) for r in results if r is not None)
+
+
+async def test_delete(store: SessionStore) -> None:
+    session = Session.new(None)
+    session.turns.append(turn("x"))
+    await store.commit(session, 0)
+    assert await store.delete(session.session_id)
+    assert await store.get(session.session_id) is None
+    assert not await store.delete(session.session_id)
+
+
+async def test_memory_sessions_expire() -> None:
+    store = MemorySessionStore(ttl_s=1)
+    session = Session.new(None)
+    session.turns.append(turn("x"))
+    await store.commit(session, 0)
+    store._items[session.session_id] = store._items[session.session_id][:2] + (time.monotonic() - 1,)
+    assert await store.get(session.session_id) is None
+
+
+async def test_redis_sessions_carry_the_ttl(redis_url: str) -> None:
+    store = RedisSessionStore(redis.Redis.from_url(redis_url), ttl_s=123, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
+    session = Session.new(None)
+    session.turns.append(turn("x"))
+    await store.commit(session, 0)
+    ttl = await store.client.ttl(store.prefix + session.session_id)
+    await store.client.aclose()
+    assert 0 < ttl <= 123
+
+
+async def test_locks_are_exclusive_expire_and_release_only_with_their_token(store: SessionStore) -> None:
+    token = await store.acquire("sess_x", ttl_s=60)
+    assert token is not None
+    assert await store.acquire("sess_x", ttl_s=60) is None
+    await store.release("sess_x", "not-the-token")
+    assert await store.acquire("sess_x", ttl_s=60) is None
+    await store.release("sess_x", token)
+    short = await store.acquire("sess_x", ttl_s=0.05)
+    assert short is not None
+    await asyncio.sleep(0.1)  # a crashed holder's lock expires
+    assert await store.acquire("sess_x", ttl_s=60) is not None
+
+
+async def test_get_refreshes_the_ttl(redis_url: str) -> None:
+    store = RedisSessionStore(redis.Redis.from_url(redis_url), ttl_s=100, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
+    session = Session.new("tenant")
+    await store.commit(session, 0)
+    await store.client.expire(store.prefix + session.session_id, 5)
+    assert await store.get(session.session_id) == session
+    assert await store.client.ttl(store.prefix + session.session_id) > 5
+    await store.client.aclose()
