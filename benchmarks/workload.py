@@ -57,7 +57,7 @@ class Workload:
         raw = json.loads(path.read_text())
         kinds = raw["kinds"]
         for kind in kinds:
-            unknown = {m for turn in kind["turns"] for m in turn} - set(media.MODALITIES)
+            unknown = {m for turn in kind["turns"] for m in turn} - set(media.GENERATORS)
             if unknown or not kind["turns"] or not kind["turns"][0]:
                 raise ValueError(f"{path}: kind {kind['name']!r}: unknown modalities {unknown} or no media first")
         return cls(

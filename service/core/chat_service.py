@@ -22,7 +22,7 @@ from encoders.media import Encoder, MediaInput
 from encoders.projector import Projector
 from service.core.admission import EngineAdmission
 from service.core.prompt import PromptAssembler
-from service.core.reply import ReplyDecoder, StopScanner, StopStrings
+from service.core.reply import Reply, TextDelta
 from service.core.session_store import MediaRecord, Session, SessionStore, Turn
 from service.engines.base import Engine, Sampling, TokenLogprob
 from service.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -41,13 +41,6 @@ class SamplingRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop strings (OpenAI's `stop`); the family's own stop rule always applies
     logprobs: int | None = None
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-    token_ids: list[int]
-    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,13 +66,16 @@ async def final_result(first: TurnEvent, events: AsyncGenerator[TurnEvent, None]
     return event
 
 
+def _one_of(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 class _Timing:
     """Time to first token, inter-token latency, time per output token and end-to-end latency."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.started = self.first = self.last = time.perf_counter()
-        self.tokens = 0
         self.deltas = 0
 
     def tokens_arrived(self, count: int) -> None:
@@ -92,14 +88,13 @@ class _Timing:
             for _ in range(count):  # spread over the tokens of the delta
                 self.metrics.inter_token_latency.observe((now - self.last) / max(count, 1))
         self.last = now
-        self.tokens += count
 
-    def done(self, prompt_tokens: int) -> None:
+    def done(self, prompt_tokens: int, generated: int) -> None:
         self.metrics.prompt_tokens.inc(prompt_tokens)
-        self.metrics.generation_tokens.inc(self.tokens)
+        self.metrics.generation_tokens.inc(generated)
         self.metrics.e2e_latency.observe(self.last - self.started)
-        if self.tokens > 1:
-            self.metrics.time_per_output_token.observe((self.last - self.first) / (self.tokens - 1))
+        if generated > 1:
+            self.metrics.time_per_output_token.observe((self.last - self.first) / (generated - 1))
 
 
 class ChatService:
@@ -166,12 +161,9 @@ class ChatService:
         fails, or whose consumer stops early (a client disconnect), commits nothing.
         """
         async with self._locked(tenant, session_id) as session:
-            if not media and not session.media():
-                raise Unprocessable(
-                    "the first turn of a chat needs at least one media file "
-                    "(image, audio, video, thermal, depth or imu)"
-                )
             order = self.family.modality_order
+            if not media and not session.media():
+                raise Unprocessable(f"the first turn of a chat needs at least one media file ({_one_of(order)})")
             records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
             result = None
             async with aclosing(self._reply(session.history(), message, session.media() + records, request)) as events:
@@ -198,7 +190,9 @@ class ChatService:
     ) -> AsyncGenerator[TurnEvent, None]:
         """A stateless turn (no session): the history and every medium come with the request."""
         if not media:
-            raise Unprocessable(f"a {self.family.name} chat needs at least one media file", param="messages")
+            raise Unprocessable(
+                f"a chat needs at least one media file ({_one_of(self.family.modality_order)})", param="messages"
+            )
         async with aclosing(self._reply(history, message, await self._embed(media), request)) as events:
             async for event in events:
                 yield event
@@ -245,57 +239,40 @@ class ChatService:
         """
         prompt = self._prompt(history, message, media)
         sampling = self.sampling(request, len(prompt))
-        tokens: StopScanner[TokenLogprob | None] = StopScanner(self.family.stop_rule)
-        decoder = ReplyDecoder(self.family.tokenizer)
-        stops = StopStrings(request.stop)
+        reply = Reply(self.family.stop_rule, self.family.tokenizer, request.stop, request.logprobs is not None)
         timing = _Timing(self.metrics)
-        ids: list[int] = []
-        logprobs: list[TokenLogprob] = []
-        unsent = 0  # of `ids`, how many are not in a delta yet
-
-        def take(released: list[tuple[int, TokenLogprob | None]]) -> str:
-            nonlocal unsent
-            ids.extend(t for t, _ in released)
-            logprobs.extend(lp for _, lp in released if lp is not None)
-            unsent += len(released)
-            return stops.push(decoder.push([t for t, _ in released]))
-
-        def delta(text: str) -> TextDelta:
-            nonlocal unsent
-            new = slice(len(ids) - unsent, len(ids))
-            unsent = 0
-            return TextDelta(text, ids[new], logprobs[new] if request.logprobs is not None else None)
-
         # Not the current span: this generator is suspended between events, and its consumer's
         # context must not change under it. Its parent is the request's span.
         span = self.tracer.start_span("generate", attributes={"pandaserve.prompt_tokens": len(prompt)})
         finish_reason = None
         try:
             with self.admission.admit(len(prompt)) as ticket:
-                engine = self.engine.generate(uuid.uuid4().hex, prompt, sampling)
-                async with aclosing(engine) as deltas:
+                async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling)) as deltas:
                     async for out in deltas:
                         ticket.prefilled()
                         if out.queued_s is not None:
                             self.metrics.queue_time.labels("engine").observe(out.queued_s)
                         timing.tokens_arrived(len(out.token_ids))
-                        extras: Sequence[TokenLogprob | None] = out.logprobs or [None] * len(out.token_ids)
-                        if any(tokens.push(t, lp) for t, lp in zip(out.token_ids, extras, strict=True)):
-                            break
-                        if text := take(tokens.release()):
-                            yield delta(text)
-                        if stops.hit:
-                            break  # leaving the engine's stream aborts the request
-            stopped = tokens.stopped or stops.hit
-            text = take(tokens.finish()) + stops.push(decoder.finish()) + stops.finish()
-            if text or unsent:
-                yield delta(text)
-            finish_reason = "stop" if stopped or stops.hit else "length"
-            timing.done(len(prompt))
-            span.set_attribute("pandaserve.completion_tokens", timing.tokens)
+                        if event := reply.push(out.token_ids, out.logprobs):
+                            yield event
+                        if reply.stopped:
+                            break  # a stop string: leaving the engine's stream aborts the request
+            last = reply.finish()
+            finish_reason = "stop" if reply.stopped else "length"
+            if last:
+                yield last
+            timing.done(len(prompt), reply.generated)
+            span.set_attribute("pandaserve.completion_tokens", reply.generated)
             span.set_attribute("pandaserve.finish_reason", finish_reason)
-            kept_logprobs = logprobs if request.logprobs is not None else None
-            yield TurnResult(None, stops.text, finish_reason, len(prompt), timing.tokens, ids, kept_logprobs)
+            yield TurnResult(
+                None,
+                reply.text,
+                finish_reason,
+                len(prompt),
+                reply.generated,
+                reply.ids,
+                reply.logprobs if request.logprobs is not None else None,
+            )
         finally:
             if finish_reason is None:
                 self.metrics.aborted.inc()

@@ -3,7 +3,8 @@
 
 Each piece holds back just enough to never show what a later token could still take away: the stop
 rule its `holdback` newest tokens (PandaGPT: the "\\n" that a following `##` drops), the decoder an
-incomplete UTF-8 character, the stop strings the characters that could begin one.
+incomplete UTF-8 character, the stop strings the characters that could begin one. `Reply` puts the
+three together: the engine's tokens in, the deltas a client may see out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Generic, TypeVar
 
 import sentencepiece as spm
 
+from service.engines.base import TokenLogprob
 from service.families.base import StopRule
 
 REPLACEMENT = "\ufffd"  # what a decode of an incomplete UTF-8 byte sequence ends with
@@ -49,8 +51,9 @@ class StopScanner(Generic[T]):
 
     def finish(self) -> list[tuple[int, T]]:
         """The reply ended (stopped, or by length): whatever was held back is final."""
-        self.stopped = True
-        return self.release()
+        out = self.kept[self.released :]
+        self.released = len(self.kept)
+        return out
 
 
 class ReplyDecoder:
@@ -120,3 +123,64 @@ class StopStrings:
         out = self.text[self.sent : end]
         self.sent = end
         return out
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """Text that is final, with the tokens released since the last delta (and their logprobs)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+
+
+class Reply:
+    """The reply being generated: the engine's tokens in, what a client may see out."""
+
+    def __init__(
+        self, rule: StopRule, tokenizer: spm.SentencePieceProcessor, stops: Sequence[str], logprobs: bool
+    ) -> None:
+        self.tokens: StopScanner[TokenLogprob | None] = StopScanner(rule)
+        self.decoder = ReplyDecoder(tokenizer)
+        self.stops = StopStrings(stops)
+        self.with_logprobs = logprobs
+        self.ids: list[int] = []  # the reply's tokens, as final
+        self.logprobs: list[TokenLogprob] = []
+        self.generated = 0  # every token the engine gave, the dropped ones too
+        self._unsent = 0  # of `ids`, how many no delta carried yet
+
+    @property
+    def stopped(self) -> bool:
+        """By the family's stop rule or a stop string: the engine's request can end."""
+        return self.tokens.stopped or self.stops.hit
+
+    @property
+    def text(self) -> str:
+        return self.stops.text
+
+    def push(self, token_ids: Sequence[int], logprobs: Sequence[TokenLogprob] | None) -> TextDelta | None:
+        """The engine's next tokens; a delta when they made some text final."""
+        extras: Sequence[TokenLogprob | None] = logprobs or [None] * len(token_ids)
+        for token, extra in zip(token_ids, extras, strict=True):
+            self.generated += 1
+            if self.tokens.push(token, extra):
+                return None  # what is left comes out of `finish`
+        text = self._take(self.tokens.release())
+        return self._delta(text) if text else None
+
+    def finish(self) -> TextDelta | None:
+        """The reply ended: what was held back is final (unless a stop string cut it off)."""
+        text = "" if self.stops.hit else self._take(self.tokens.finish())
+        text += self.stops.push(self.decoder.finish()) + self.stops.finish()
+        return self._delta(text) if text or self._unsent else None
+
+    def _take(self, released: list[tuple[int, TokenLogprob | None]]) -> str:
+        self.ids += [t for t, _ in released]
+        self.logprobs += [lp for _, lp in released if lp is not None]
+        self._unsent += len(released)
+        return self.stops.push(self.decoder.push([t for t, _ in released]))
+
+    def _delta(self, text: str) -> TextDelta:
+        new = slice(len(self.ids) - self._unsent, len(self.ids))
+        self._unsent = 0
+        return TextDelta(text, self.ids[new], self.logprobs[new] if self.with_logprobs else None)

@@ -8,10 +8,13 @@ import re
 from urllib.parse import parse_qs
 
 import httpx
+import pytest
 
 from benchmarks.load import HttpTarget, closed_loop, poisson
 from benchmarks.metrics import RequestRecord
 from benchmarks.workload import Conversation, Media, Turn, Workload, single
+
+pytestmark = pytest.mark.e2e
 
 
 def sse(event: str, body: dict) -> str:

@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks.metrics import RequestRecord, distribution, parse_slos, summarize
 
+pytestmark = pytest.mark.unit
+
 # Three completed requests and a failed one, over 2 s:
 #   a: TTFT 100 ms, E2EL 500 ms, 5 tokens, chunks 100 ms apart -> TPOT (500 - 100) / 4 = 100 ms
 #   b: TTFT 300 ms, E2EL 900 ms, 4 tokens, chunks 200 ms apart -> TPOT (900 - 300) / 3 = 200 ms

@@ -27,6 +27,8 @@ from encoders.limits import MediaLimits
 from tests.encoders.test_fbank import reference_fbank
 from tests.encoders.test_resample import reference_resample
 
+pytestmark = pytest.mark.integration
+
 FIELD = "audio[0]"
 LIMITS = MediaLimits()
 TOLERANCE = 1e-3  # after normalisation, see the module docstring

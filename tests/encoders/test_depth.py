@@ -13,6 +13,8 @@ from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 from tests.encoders.test_image import resize_crop_reference
 
+pytestmark = pytest.mark.integration
+
 LIMITS = MediaLimits()
 
 

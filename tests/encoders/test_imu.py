@@ -11,6 +11,8 @@ from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 from encoders.imu import load_imu
 from encoders.limits import MediaLimits
 
+pytestmark = pytest.mark.integration
+
 LIMITS = MediaLimits()
 
 

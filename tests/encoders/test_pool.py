@@ -19,11 +19,13 @@ from encoders.cache import EmbeddingCache
 from encoders.errors import InvalidMedia, PoolFull
 from encoders.imagebind import ImageBindConfig, ImageBindModel, load_imagebind
 from encoders.limits import MediaLimits
+from encoders.media import MediaInput
 from encoders.modalities import MODALITIES
 from encoders.pool import Batching, EncoderPool
-from encoders.media import MediaInput
 from service.core.embedding_store import RedisEmbeddingStore
 from tests.media import picture, valid
+
+pytestmark = pytest.mark.integration
 
 
 class Recorder:

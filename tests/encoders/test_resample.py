@@ -10,6 +10,8 @@ import torch
 
 from encoders.resample import kernel_elements, resample
 
+pytestmark = pytest.mark.integration
+
 RATES = [8000, 22050, 44100, 48000]
 
 

@@ -31,6 +31,8 @@ from encoders.video import (
     uniform_crop,
 )
 
+pytestmark = pytest.mark.integration
+
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 LIMITS = MediaLimits()

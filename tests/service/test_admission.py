@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import AUTH, running_server
 from tests.media import picture, video
 
+pytestmark = pytest.mark.e2e
+
 IMAGE = [("image", ("a.png", picture(4, (64, 64))))]
 
 

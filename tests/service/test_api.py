@@ -4,6 +4,7 @@ streaming, concurrent turns and client disconnects."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AUTH, OTHER_KEY
 from tests.media import picture
+
+pytestmark = pytest.mark.e2e
 
 KEY_PREFIX = "pandaserve:session:"
 OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}
@@ -59,6 +62,23 @@ def test_work_needs_a_valid_key(server: str, headers: dict) -> None:
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert r.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{server}/healthz").status_code == 200  # probes need no key
+
+
+def test_a_bad_key_gets_401_before_its_body_is_read(server: str) -> None:
+    """A 50 MiB upload with a wrong key, over a raw socket: after 4 KiB of the body the answer is
+    already there, so the server needed none of the rest."""
+    url = httpx.URL(server)
+    head = (
+        f"POST /chat HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer wrong\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {50 * 2**20}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        sock.sendall(head + b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n')
+        sock.sendall(b"\0" * 4096)
+        answer = ""
+        while "authentication_error" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 401") and "authentication_error" in answer
 
 
 def test_another_keys_session_is_not_found(client: httpx.Client, server: str) -> None:

@@ -16,6 +16,8 @@ from PIL import Image
 from tests.conftest import AUTH, SERVER_LIMITS
 from tests.media import depth_png16, imu_npy, picture, video, wav
 
+pytestmark = pytest.mark.e2e
+
 KEY_PREFIX = "pandaserve:session:"
 
 

@@ -15,6 +15,8 @@ from tests.oracle import Oracle, assert_served_chat_equals
 from tests.training.test_convert import make_delta, original_peft_model, save_delta
 from training.convert import convert_pandagpt
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def delta() -> dict[str, torch.Tensor]:

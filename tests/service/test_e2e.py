@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AUTH
 
+pytestmark = pytest.mark.e2e
+
 KEY_PREFIX = "pandaserve:session:"
 
 

@@ -12,11 +12,14 @@ import httpx
 import pytest
 import torch
 
+from encoders.modalities import MODALITIES as REGISTRY
 from tests.conftest import AUTH, REPO
 from tests.media import valid
 from tests.oracle import Oracle
 
-MODALITIES = ("image", "audio", "video", "thermal", "depth", "imu")
+pytestmark = pytest.mark.e2e
+
+MODALITIES = list(REGISTRY)
 EMBED = [sys.executable, "-m", "pandaserve", "embed"]
 
 

@@ -10,14 +10,14 @@ import pytest_asyncio
 import torch
 
 from service.bundle import load_bundle
-from service.engines.base import Sampling
 from service.core.prompt import PromptAssembler
+from service.engines.base import Sampling
 from service.families import load_family
 from service.resources import engine_config
 from service.settings import Settings
 
 # AsyncLLM's output handler lives on the event loop that first used it: one loop for the module.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

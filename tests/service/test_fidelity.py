@@ -12,6 +12,8 @@ from tests.conftest import AUTH
 from tests.media import valid
 from tests.oracle import Oracle
 
+pytestmark = pytest.mark.e2e
+
 MAX_TOKENS = 12
 ORDER = ("image", "audio", "video", "thermal", "depth", "imu")  # PandaGPT's slot order
 

@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import AUTH, OTHER_KEY, RunningServer, running_server
 from tests.media import picture
 
+pytestmark = pytest.mark.e2e
+
 RPM = 5
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from service.logs import JsonFormatter, request_id
+
+pytestmark = pytest.mark.unit
 
 
 def test_json_lines_carry_the_request_id() -> None:

@@ -25,6 +25,8 @@ from service.settings import Settings
 from tests.conftest import API_KEY, AUTH
 from tests.media import picture, valid
 
+pytestmark = pytest.mark.e2e
+
 MIME = {
     "image": "image/png",
     "video": "video/mp4",

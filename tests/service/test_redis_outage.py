@@ -17,6 +17,8 @@ from benchmarks.server import free_port
 from tests.conftest import AUTH, RunningServer, running_server
 from tests.media import picture
 
+pytestmark = pytest.mark.e2e
+
 IMAGE = [("image", ("a.png", picture(2, (64, 64))))]
 
 

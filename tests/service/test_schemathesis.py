@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conftest import AUTH, REPO
+
+pytestmark = pytest.mark.e2e
 
 EXAMPLES_PER_OPERATION = 60
 MIN_CASES = 500  # across all operations, as CI requires

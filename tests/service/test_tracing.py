@@ -7,12 +7,15 @@ import secrets
 import time
 
 import httpx
+import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.conftest import AUTH
 from tests.media import picture
 from tests.otlp import Collector
+
+pytestmark = pytest.mark.e2e
 
 
 def value(any_value: AnyValue) -> object:

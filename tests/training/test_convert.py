@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from encoders.imagebind import PRESETS
 from service.bundle import load_bundle
+from service.families import generation_defaults, load_family
 from tests.conftest import REPO
 from training.convert import (
     DeltaLayout,
@@ -27,6 +28,8 @@ from training.convert import (
 )
 from training.demo_bundle import HIDDEN_SIZE, NUM_LAYERS
 from training.tokenizer import stop_token_id
+
+pytestmark = pytest.mark.integration
 
 RANK = 32
 PROJECTIONS = ("q", "k", "v", "o")
@@ -104,8 +107,9 @@ def test_manifest(converted: Path, demo_bundle: Path) -> None:
     sp = spm.SentencePieceProcessor(model_file=str(bundle.tokenizer_path))
     assert manifest.stop_token_ids == [sp.piece_to_id("##")] == [stop_token_id(sp)]
     assert manifest.family == "pandagpt"
-    assert (manifest.generation.max_tokens, manifest.generation.top_p) == (256, 0.01)
-    assert (manifest.generation.temperature, manifest.generation.top_k) == (1.0, 50)
+    generation = generation_defaults(load_family(bundle), bundle)  # the family's: the bundle sets none
+    assert (generation.max_tokens, generation.top_p) == (256, 0.01)
+    assert (generation.temperature, generation.top_k) == (1.0, 50)
 
 
 def test_projector_and_adapter_tensors(converted: Path, delta: dict[str, torch.Tensor]) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from training.data import DatasetError, Turn, load_examples
 
+pytestmark = pytest.mark.integration
+
 GOOD = [{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A panda."}]
 Q = GOOD[0]
 

@@ -17,6 +17,8 @@ from encoders.imagebind import PRESETS, ImageBindConfig, ImageBindModel
 from service.bundle import load_bundle
 from training.demo_bundle import HIDDEN_SIZE, build_demo_bundle
 
+pytestmark = pytest.mark.integration
+
 TEXTS = [
     "Hello world",
     "### Human: <Img></Img> What colour is the square?\n### Assistant: The square is red.\n###",

@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import AUTH, running_server
 from training import synthetic
 
+pytestmark = pytest.mark.e2e
+
 HELD_OUT_SEED = 901  # a split no stage of the recipe trained on (training/demo_recipe.py)
 IMAGES = 200
 

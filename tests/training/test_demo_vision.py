@@ -15,6 +15,8 @@ from encoders.imagebind import ImageBindModel
 from encoders.limits import MediaLimits
 from training import demo_vision, synthetic
 
+pytestmark = pytest.mark.integration
+
 # The service's normalisation constants (encoders/image.py), written out: the oracle shares no code.
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])

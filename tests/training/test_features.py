@@ -19,6 +19,8 @@ from tests.encoders.test_image import reference
 from tests.media import picture
 from training.features import FeatureCache, compute_features
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def imagebind(demo_bundle: Path) -> tuple[Path, ImageBindConfig]:

@@ -15,9 +15,12 @@ import pytest
 import sentencepiece as spm
 import torch
 
+from service.families.pandagpt import LORA, prefix_ids
 from training.data import Turn
-from training.model import LoraSettings, PandaGPTForTraining
-from training.sequences import collate, encode_conversation, prefix_ids
+from training.model import PandaGPTForTraining
+from training.sequences import collate, encode_conversation
+
+pytestmark = pytest.mark.integration
 
 EOS = 2
 EXCHANGES = [
@@ -112,7 +115,7 @@ def test_loss_is_hf_llama_loss_on_the_reference_sequence(demo_bundle: Path, sp: 
     """The model's loss equals HF's own LlamaForCausalLM loss (it shifts the labels itself) on embeddings and
     labels built here: [BOS] + prefix + projected feature + text, -100 on the prefix and the image."""
     torch.manual_seed(0)
-    model = PandaGPTForTraining(demo_bundle / "llm", prefix_ids(sp), LoraSettings()).eval()  # no dropout
+    model = PandaGPTForTraining(demo_bundle / "llm", prefix_ids(sp), LORA).eval()  # no dropout
     with torch.no_grad():  # a non-zero LoRA, so the adapter takes part
         for name, p in model.named_parameters():
             if "lora_B" in name:

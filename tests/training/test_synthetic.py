@@ -14,6 +14,8 @@ from encoders.image import load_image
 from encoders.limits import MediaLimits
 from training import synthetic
 
+pytestmark = pytest.mark.integration
+
 N = 24
 
 

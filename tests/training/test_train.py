@@ -23,6 +23,8 @@ from tests.oracle import Oracle, assert_served_chat_equals
 from tests.training.test_convert import LORA_KEY
 from training.demo_bundle import NUM_LAYERS
 
+pytestmark = pytest.mark.integration
+
 EXAMPLES = 40  # x 2 epochs / batch 4 = 20 optimizer steps
 STEPS = 20
 COLOURS = ["red", "green", "blue", "yellow", "purple"]

@@ -13,7 +13,8 @@ from service.api.deps import ChatDep, LimitsDep, TenantDep
 from service.api.schemas import ChatResponse, ErrorResponse, Usage
 from service.api.sse import sse, sse_error
 from service.api.uploads import MediaUploads
-from service.core.chat_service import SamplingRequest, TextDelta, TurnEvent, TurnResult, final_result
+from service.core.chat_service import SamplingRequest, TurnEvent, TurnResult, final_result
+from service.core.reply import TextDelta
 
 router = APIRouter(tags=["chat"])
 

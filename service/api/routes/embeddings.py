@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from encoders.media import Encoder, MediaInput
+from encoders.modalities import MODALITIES
 from service.api.deps import ResourcesDep
 from service.api.routes.chat import ERRORS
 from service.api.schemas import Embedding, EmbeddingsResponse
@@ -20,7 +21,7 @@ router = APIRouter(tags=["embeddings"])
 
 async def embed(encoder: Encoder, media: list[MediaInput]) -> EmbeddingsResponse:
     if not media:
-        raise Unprocessable("send at least one file in a modality field (image, audio, video, thermal, depth, imu)")
+        raise Unprocessable(f"send at least one file in a modality field ({', '.join(MODALITIES)})")
     vectors = await encoder.encode(media)
     data = [
         Embedding(

@@ -36,7 +36,8 @@ from service.api.v1_schemas import (
     TokenLogprobView,
     TopLogprob,
 )
-from service.core.chat_service import TextDelta, TurnEvent, TurnResult, final_result
+from service.core.chat_service import TurnEvent, TurnResult, final_result
+from service.core.reply import TextDelta
 from service.engines.base import TokenLogprob
 from service.errors import NotFound
 from service.resources import Resources

@@ -16,7 +16,8 @@ import pytest
 import sentencepiece as spm
 
 from encoders.media import MediaInput
-from service.core.chat_service import ChatService, SamplingRequest, TextDelta, TurnResult
+from service.core.chat_service import ChatService, SamplingRequest, TurnResult
+from service.core.reply import TextDelta
 from service.errors import Conflict, NotFound, Unprocessable
 from tests.fakes import ScriptedEngine, chat_service
 

@@ -11,8 +11,10 @@ import pytest
 import redis.asyncio as redis
 import torch
 
-from service.errors import Conflict
 from service.core.session_store import MediaRecord, MemorySessionStore, RedisSessionStore, Session, SessionStore, Turn
+from service.errors import Conflict
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -36,7 +38,9 @@ def test_media_record_round_trips_the_embedding() -> None:
 
 async def test_commit_then_get(store: SessionStore) -> None:
     session = Session.new(None)
-    session.turns.append(turn("hi", [MediaRecord(modality="image", sha256="0" * 64, bytes=10, embedding=torch.ones(4))]))
+    session.turns.append(
+        turn("hi", [MediaRecord(modality="image", sha256="0" * 64, bytes=10, embedding=torch.ones(4))])
+    )
     await store.commit(session, expected_turns=0)
     loaded = await store.get(session.session_id)
     assert loaded == session

@@ -69,6 +69,11 @@ def test_stop_rule_drops_the_separator_and_the_token_before_it_eos_only_itself(f
 
 
 def test_adapter_and_generation_defaults_are_the_originals(demo_bundle: Path, family: PandaGPT) -> None:
-    assert (LORA.targets, LORA.rank, LORA.alpha, LORA.dropout) == (("q_proj", "k_proj", "v_proj", "o_proj"), 32, 32, 0.1)
+    assert (LORA.targets, LORA.rank, LORA.alpha, LORA.dropout) == (
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        32,
+        32,
+        0.1,
+    )
     defaults = generation_defaults(family, load_bundle(demo_bundle))
     assert (defaults.max_tokens, defaults.temperature, defaults.top_p, defaults.top_k) == (256, 1.0, 0.01, 50)
