@@ -1,5 +1,5 @@
 """The service's domain exceptions. Raised by the chat core, the engines and the stores; they know
-nothing of HTTP: the edge (service/api/errors.py) maps each to a status in one table."""
+nothing of HTTP: the edge (service/api/error_handlers.py) maps each to a status in one table."""
 
 from __future__ import annotations
 

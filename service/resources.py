@@ -21,10 +21,10 @@ from encoders.media import Encoder
 from encoders.pool import EncoderPool
 from encoders.projector import load_projector
 from service.bundle import Bundle, load_bundle
-from service.core.admission import EngineAdmission
 from service.core.api_keys import ApiKeys, read_keys
 from service.core.chat_service import ChatService
 from service.core.embedding_store import RedisEmbeddingStore
+from service.core.engine_admission import EngineAdmission
 from service.core.prompt import PromptAssembler
 from service.core.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service.core.session_store import MemorySessionStore, RedisSessionStore, SessionStore

@@ -13,9 +13,9 @@ from opentelemetry import trace
 from encoders.media import MediaInput
 from encoders.projector import Projector
 from service.bundle import load_bundle
-from service.core.admission import EngineAdmission
 from service.core.api_keys import ApiKeys
 from service.core.chat_service import ChatService
+from service.core.engine_admission import EngineAdmission
 from service.core.prompt import PromptAssembler
 from service.core.rate_limit import MemoryRateLimiter
 from service.core.session_store import MemorySessionStore

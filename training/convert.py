@@ -34,7 +34,9 @@ from safetensors.torch import save_file
 
 from encoders.imagebind import PRESETS, ImageBindConfig, ImageBindModel
 from service.bundle import ImageBindSpec, Manifest, write_manifest
+from service.families.base import LoraSpec
 from service.families.pandagpt import LORA
+from training.model import peft_config
 from training.staging import staged_dir
 from training.tokenizer import stop_token_id
 
@@ -325,19 +327,9 @@ def _write_lora(
     lora_dropout: float,
 ) -> None:
     """A PEFT adapter dir, as PeftModel.save_pretrained writes it (dtype kept: fp16)."""
-    from peft import LoraConfig
-
     lora_dir.mkdir(parents=True)
-    config = LoraConfig(
-        r=layout.rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=list(LORA.targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-        inference_mode=True,
-        base_model_name_or_path=str(base_model),
-    )
+    spec = LoraSpec(LORA.targets, layout.rank, lora_alpha, lora_dropout)
+    config = peft_config(spec, inference_mode=True, base_model_name_or_path=str(base_model))
     config.save_pretrained(str(lora_dir))
     adapter = {
         _PEFT_LORA_KEY.format(layer=layer, proj=proj, ab=ab): _owned(

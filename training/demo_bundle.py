@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from service.bundle import ImageBindSpec, Manifest, write_manifest
 from service.families.pandagpt import LORA
+from training.model import peft_config
 from training.staging import staged_dir
 from training.tokenizer import stop_token_id, train_sentencepiece, write_hf_tokenizer
 
@@ -134,17 +135,9 @@ def _write_llm(llm_dir: Path, vocab_size: int, seed: int) -> LlamaForCausalLM:
 
 
 def _write_lora(model: LlamaForCausalLM, lora_dir: Path, seed: int) -> None:
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora_config = LoraConfig(
-        r=LORA.rank,
-        lora_alpha=LORA.alpha,
-        lora_dropout=LORA.dropout,
-        target_modules=list(LORA.targets),
-        bias="none",
-        task_type="CAUSAL_LM",
-        init_lora_weights=False,  # we fill A and B ourselves, B non-zero
-    )
+    lora_config = peft_config(LORA, init_lora_weights=False)  # we fill A and B ourselves, B non-zero
     peft_model = get_peft_model(model, lora_config)
     lora_params = ((n, p) for n, p in peft_model.named_parameters() if "lora_" in n)
     _fill_(lora_params, _generator(seed, 2), LORA_STD)

@@ -10,12 +10,16 @@ cache (training/features.py).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from service.families.base import LoraSpec
 from training.sequences import IGNORE
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 class PandaGPTForTraining(nn.Module):
@@ -28,20 +32,13 @@ class PandaGPTForTraining(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
         from transformers import AutoModelForCausalLM
 
         # Loaded straight in the training precision: a 13B model never exists in fp32.
         base = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype)
         base.requires_grad_(False)
-        config = LoraConfig(
-            r=lora.rank,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.targets),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
+        config = peft_config(lora)
         # autocast off: PEFT would make the adapter fp32 inside an fp16 model; DeepSpeed keeps
         # the fp32 master copy of the trainable parameters itself.
         self.llama_model = get_peft_model(base, config, autocast_adapter_dtype=False)
@@ -70,6 +67,21 @@ class PandaGPTForTraining(nn.Module):
         full_mask = torch.cat([attention_mask.new_ones((batch, head)), attention_mask], dim=1)
         logits = self.llama_model(inputs_embeds=inputs_embeds, attention_mask=full_mask).logits
         return shifted_cross_entropy(logits, full_labels)
+
+
+def peft_config(lora: LoraSpec, **extra: Any) -> LoraConfig:
+    """PEFT's config of a family's adapter: no bias, a causal LM, as the original made it."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+        **extra,
+    )
 
 
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import error_response
+from service.api.error_handlers import error_response
 from service.api.lifecycle import Lifecycle
 from service.errors import NotReady, ServiceError
 

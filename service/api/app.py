@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.admission import AdmissionMiddleware
-from service.api.errors import install_error_handlers
+from service.api.error_handlers import install_error_handlers
 from service.api.lifecycle import Lifecycle
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware, TracingMiddleware
 from service.api.routes import chat, embeddings, ops, sessions, v1

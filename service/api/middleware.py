@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import envelope
+from service.api.error_handlers import envelope
 from service.logs import request_id
 from service.metrics import Metrics
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.api.errors import error_body
+from service.api.error_handlers import error_body
 
 
 def sse(payload: dict[str, Any] | str, event: str | None = None) -> str:

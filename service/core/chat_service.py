@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from encoders.media import Encoder, MediaInput
 from encoders.projector import Projector
-from service.core.admission import EngineAdmission
+from service.core.engine_admission import EngineAdmission
 from service.core.prompt import PromptAssembler
 from service.core.reply import Reply, TextDelta
 from service.core.session_store import MediaRecord, Session, SessionStore, Turn
