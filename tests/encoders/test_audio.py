@@ -27,7 +27,7 @@ from encoders.limits import MediaLimits
 from tests.encoders.test_fbank import reference_fbank
 from tests.encoders.test_resample import reference_resample
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 FIELD = "audio[0]"
 LIMITS = MediaLimits()

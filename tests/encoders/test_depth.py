@@ -13,7 +13,7 @@ from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 from tests.encoders.test_image import resize_crop_reference
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 LIMITS = MediaLimits()
 

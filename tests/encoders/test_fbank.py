@@ -18,7 +18,7 @@ import torch
 
 from encoders.fbank import fbank, mel_banks, num_frames
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 EPS = float(np.finfo(np.float32).eps)
 LEVEL_FLOOR = -12.0  # log of the relative level below which only the loose bound applies

@@ -12,7 +12,7 @@ from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 from encoders.image import load_image, load_thermal
 from encoders.limits import MediaLimits
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

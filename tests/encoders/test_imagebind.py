@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from encoders.imagebind import PRESETS, ImageBindConfig, ImageBindModel, load_imagebind
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 KEYS_TSV = Path(__file__).resolve().parents[1] / "data" / "imagebind_huge_keys.tsv"
 HUGE_PARAM_COUNT = 1_200_781_057

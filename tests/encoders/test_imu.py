@@ -11,7 +11,7 @@ from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
 from encoders.imu import load_imu
 from encoders.limits import MediaLimits
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 LIMITS = MediaLimits()
 

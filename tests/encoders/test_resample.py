@@ -10,7 +10,7 @@ import torch
 
 from encoders.resample import kernel_elements, resample
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 RATES = [8000, 22050, 44100, 48000]
 

@@ -10,7 +10,7 @@ import pytest
 
 from training.data import DatasetError, Turn, load_examples
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 GOOD = [{"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A panda."}]
 Q = GOOD[0]

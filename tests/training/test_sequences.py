@@ -20,7 +20,7 @@ from training.data import Turn
 from training.model import PandaGPTForTraining
 from training.sequences import collate, encode_conversation
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 EOS = 2
 EXCHANGES = [

@@ -14,7 +14,7 @@ from encoders.image import load_image
 from encoders.limits import MediaLimits
 from training import synthetic
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 N = 24
 
