@@ -66,12 +66,15 @@ def _param_of(exc: Exception) -> str | None:
 
 
 def error_body(exc: Exception) -> tuple[int, dict]:
-    """(status, envelope) of an exception; a 5xx is logged with its traceback and shows the client
-    nothing of its cause."""
+    """(status, envelope) of an exception; every 5xx is logged (the JSON line carries the request id).
+    An unexpected error (500) is logged with its traceback and shows the client nothing of its cause;
+    a known one (503) says what is unavailable."""
     status, kind = status_of(exc)
-    if status >= 500:
-        log.error("request failed", exc_info=exc)  # the JSON line carries the request id
+    if status == 500:
+        log.error("request failed", exc_info=exc)
         return status, envelope(kind, "internal server error")
+    if status > 500:
+        log.warning("request refused: %s: %s", kind, exc)
     return status, envelope(kind, str(exc), _param_of(exc))
 
 
