@@ -112,4 +112,4 @@ async def direct_run(
         cpu["other"] = max(machine_busy_seconds() - machine - sum(cpu.values()), 0.0)
         return run, cpu
     finally:
-        engine.shutdown()
+        await engine.close()

@@ -4,7 +4,9 @@ the soak. tests/conftest.py starts its servers with the same helpers (free_port,
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -79,15 +81,45 @@ def serve(
         stop(proc)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Return once /readyz is 200 (it needs no key); raise with the log's tail if the server exits first."""
+@contextmanager
+def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterator[Server]:
+    """The stock vLLM OpenAI server for `bundle`, started with the command `pandaserve engine command`
+    prints, ready (/health 200); stopped on exit. In a process group of its own: vLLM's engine core
+    runs in children, and a test that kills the engine kills them all (`os.killpg`)."""
+    port = port or free_port()
+    printed = subprocess.run(
+        [sys.executable, "-m", "pandaserve", "engine", "command", "--bundle", str(bundle), "--port", str(port)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    words = shlex.split(printed)
+    assignments = list(itertools.takewhile(lambda w: "=" in w and not w.startswith("-"), words))
+    cmd = [sys.executable, *words[len(assignments) + 1 :]]  # this Python for the printed `python3`
+    env = {**os.environ, **dict(a.split("=", 1) for a in assignments)}
+    log = log_dir / f"engine-{port}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    engine = Server(f"http://127.0.0.1:{port}", proc, log, headers={})
+    try:
+        wait_ready(engine.url, proc, log, path="/health")
+        yield engine
+    finally:
+        stop(proc)
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S, path: str = "/readyz"
+) -> None:
+    """Return once `path` is 200 (it needs no key); raise with the log's tail if the server exits first."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
             try:
-                if client.get(f"{url}/readyz").status_code == 200:
+                if client.get(url + path).status_code == 200:
                     return
             except httpx.TransportError:
                 pass  # not listening yet: the lifespan is still starting the engine

@@ -1,4 +1,5 @@
-"""The serving commands of `pandaserve`: serve a bundle over HTTP, embed one file."""
+"""The serving commands of `pandaserve`: serve a bundle over HTTP, embed one file, print the stock
+vLLM server's command for a bundle."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def serve(args: argparse.Namespace) -> None:
     from service.settings import Settings
 
     # Flags override the environment (PANDASERVE_*); unset flags leave it alone.
-    overrides = {k: v for k, v in (("bundle", args.bundle), ("host", args.host), ("port", args.port)) if v is not None}
+    flags = (("bundle", args.bundle), ("host", args.host), ("port", args.port), ("engine_url", args.engine_url))
+    overrides = {k: v for k, v in flags if v is not None}
     settings = Settings(**overrides)
     configure_logging(args.log_level)
     app = create_app(settings)
@@ -55,14 +57,32 @@ def embed(args: argparse.Namespace) -> None:
         raise SystemExit(f"pandaserve embed: {exc}") from exc
 
 
+def engine_command(args: argparse.Namespace) -> None:
+    """The stock vLLM OpenAI server for a bundle, as one shell line (what tests, compose and Kubernetes run)."""
+    import torch
+
+    from service.bundle import load_bundle
+    from service.engines.vllm_settings import server_command
+    from service.families import load_family
+    from service.resources import engine_config, served_model
+    from service.settings import Settings
+
+    settings = Settings(bundle=args.bundle)
+    bundle = load_bundle(args.bundle)
+    on_gpu = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    config = engine_config(bundle, load_family(bundle), settings)
+    print(server_command(config, served_model(bundle, settings).id, args.host, args.port, on_gpu))
+
+
 def add_commands(commands: Any) -> None:
-    """`serve` and `embed`, on the `pandaserve` parser's subcommands."""
+    """`serve`, `embed` and `engine`, on the `pandaserve` parser's subcommands."""
     from encoders.modalities import MODALITIES
 
     s = commands.add_parser("serve", help="serve a model bundle over HTTP")
     s.add_argument("--bundle", type=Path, help="bundle directory (or PANDASERVE_BUNDLE)")
     s.add_argument("--host", help="default 127.0.0.1 (or PANDASERVE_HOST)")
     s.add_argument("--port", type=int, help="default 8000 (or PANDASERVE_PORT)")
+    s.add_argument("--engine-url", help="a stock vLLM server or router; default: vLLM in this process")
     s.add_argument("--log-level", default="info")
     s.set_defaults(run=serve)
 
@@ -71,3 +91,12 @@ def add_commands(commands: Any) -> None:
     e.add_argument("--modality", required=True, choices=list(MODALITIES))
     e.add_argument("file", type=Path)
     e.set_defaults(run=embed)
+
+    g = commands.add_parser("engine", help="the stock vLLM server that serves a bundle")
+    engine = g.add_subparsers(dest="engine_command", required=True)
+    c = engine.add_parser("command", help="print its command line (settings: the PANDASERVE_* of the engine)")
+    c.add_argument("--bundle", type=Path, required=True)
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8001)
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where it will run")
+    c.set_defaults(run=engine_command)

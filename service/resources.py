@@ -30,6 +30,8 @@ from service.core.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLim
 from service.core.session_store import MemorySessionStore, RedisSessionStore, SessionStore
 from service.core.turn_limits import TurnLimits
 from service.engines.base import Engine, EngineConfig
+from service.engines.vllm_remote import RemoteEngineConfig, RemoteVLLMEngine
+from service.engines.vllm_settings import ADAPTER
 from service.errors import NotReady
 from service.families import generation_defaults, load_family
 from service.families.base import Family
@@ -79,6 +81,18 @@ def served_model(bundle: Bundle, settings: Settings) -> ServedModel:
     return ServedModel(settings.served_model_name or bundle.root.name, created)
 
 
+async def start_engine(bundle: Bundle, family: Family, settings: Settings) -> Engine:
+    """The stock vLLM server at PANDASERVE_ENGINE_URL, or vLLM in this process."""
+    if settings.engine_url:
+        model = settings.engine_model or (ADAPTER if bundle.lora_dir else served_model(bundle, settings).id)
+        config = RemoteEngineConfig(settings.engine_url, model)
+        return await RemoteVLLMEngine.connect(config, wait_s=settings.engine_wait_s)
+    # Imported here: vllm is heavy and only this path needs it.
+    from service.engines.vllm_local import LocalVLLMEngine
+
+    return await asyncio.to_thread(LocalVLLMEngine.start, engine_config(bundle, family, settings))
+
+
 async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -> Resources:
     if settings.bundle is None:
         raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
@@ -126,15 +140,9 @@ async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -
     await pool.start()
     on_close.insert(0, pool.close)
 
-    # Imported here: vllm is heavy and only this path needs it.
-    from service.engines.vllm_local import LocalVLLMEngine
+    engine = await start_engine(bundle, family, settings)
 
-    engine = await asyncio.to_thread(LocalVLLMEngine.start, engine_config(bundle, family, settings))
-
-    async def shutdown_engine() -> None:
-        engine.shutdown()
-
-    on_close.append(shutdown_engine)
+    on_close.append(engine.close)
     chat = ChatService(
         encoder=pool,
         projector=load_projector(bundle.projector_path),

@@ -34,7 +34,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("PANDASERVE_REDIS_URL", "REDIS_URL"))
     session_ttl_s: int = Field(default=24 * 3600, gt=0)
 
-    # Engine (in-process vLLM).
+    # Engine: a stock vLLM OpenAI server (or a router in front of several) when a URL is given;
+    # otherwise vLLM in this process.
+    engine_url: str | None = None
+    engine_model: str | None = Field(default=None, description="the model requests name there; default: the adapter")
+    engine_wait_s: float = Field(default=300.0, ge=0, description="at start, how long to wait for the engine")
+    # In-process vLLM.
     kv_cache_gib: int = Field(default=1, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)")
     max_model_len: int | None = Field(default=None, gt=0)
     max_num_seqs: int = Field(default=32, gt=0)

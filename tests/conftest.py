@@ -82,6 +82,7 @@ def server(
 class RunningServer:
     url: str
     proc: subprocess.Popen
+    log: Path
 
 
 @contextmanager
@@ -111,6 +112,6 @@ def running_server(
     else:
         raise RuntimeError("every port tried was taken before the server could bind it")
     try:
-        yield RunningServer(base, proc)
+        yield RunningServer(base, proc, log_path)
     finally:
         stop(proc)

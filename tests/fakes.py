@@ -60,7 +60,7 @@ class ScriptedEngine:
     async def check_health(self) -> None:
         return None
 
-    def shutdown(self) -> None:
+    async def close(self) -> None:
         return None
 
 

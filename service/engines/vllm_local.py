@@ -6,7 +6,6 @@ child process, so whatever starts it needs the `if __name__ == "__main__"` guard
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 
@@ -20,18 +19,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from service.engines.base import Delta, EngineConfig, Sampling, TokenLogprob
+from service.engines.vllm_settings import ADAPTER, engine_settings
 from service.errors import EngineFailed
-
-# vLLM's LLaMA packs q/k/v and gate/up into one module each; its LoRA layers have those names.
-VLLM_MODULE = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "o_proj": "o_proj"}
-VLLM_MODULE |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"}
-
-
-def vllm_lora_modules(targets: tuple[str, ...]) -> list[str]:
-    """vLLM's LoRA layers for an adapter's HF targets. Naming them is also the workaround of vLLM bug
-    #51122: with LoRA + prompt embeds, a step mixing an embeds prefill with other rows kills the
-    engine core when embed_tokens is LoRA-wrapped, which it is unless the layers are restricted."""
-    return sorted({VLLM_MODULE[t] for t in targets})
 
 
 class LocalVLLMEngine:
@@ -46,26 +35,10 @@ class LocalVLLMEngine:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
-        # fp32 on CPU; fp16 on GPU as the original ran.
-        dtype = torch.float16 if on_gpu else torch.float32
-        lora_dir = config.lora_dir
-        lora_rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"] if lora_dir else None
-        args = AsyncEngineArgs(
-            model=str(config.model_dir),
-            dtype="float16" if on_gpu else "float32",
-            enable_prompt_embeds=True,
-            enforce_eager=not on_gpu,
-            max_model_len=config.max_model_len,  # type: ignore[arg-type]  # None: the model's own
-            max_num_seqs=config.max_num_seqs,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-            enable_lora=lora_dir is not None,
-            max_loras=1,
-            max_lora_rank=lora_rank or 16,  # type: ignore[arg-type]  # vLLM validates the allowed ranks
-            lora_target_modules=vllm_lora_modules(config.lora_targets) if lora_dir else None,
-        )
-        llm = AsyncLLM.from_engine_args(args)
-        lora = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir else None
-        return cls(llm, lora, dtype)
+        settings = engine_settings(config, on_gpu)
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
+        lora = LoRARequest(ADAPTER, 1, str(config.lora_dir)) if config.lora_dir else None
+        return cls(llm, lora, getattr(torch, settings["dtype"]))
 
     async def generate(
         self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling
@@ -108,7 +81,7 @@ class LocalVLLMEngine:
     async def check_health(self) -> None:
         await self.llm.check_health()
 
-    def shutdown(self) -> None:
+    async def close(self) -> None:
         self.llm.shutdown()
 
 

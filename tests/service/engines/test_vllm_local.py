@@ -27,7 +27,7 @@ async def engine(demo_bundle: Path) -> AsyncIterator:
     bundle = load_bundle(demo_bundle)
     e = LocalVLLMEngine.start(engine_config(bundle, load_family(bundle), Settings(kv_cache_gib=1, max_num_seqs=4)))
     yield e
-    e.shutdown()
+    await e.close()
 
 
 @pytest.fixture(scope="module")
