@@ -6,11 +6,13 @@ can a client of a remote encoder service or a test's fake.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from functools import cached_property
 from hashlib import sha256
 from typing import Protocol
 
+import numpy as np
 import torch
 
 
@@ -23,6 +25,15 @@ class MediaInput:
     @cached_property
     def sha256(self) -> str:
         return sha256(self.data).hexdigest()
+
+
+def embedding_to_base64(embedding: torch.Tensor) -> str:
+    """An embedding as it travels and is stored: float32 little-endian, base64."""
+    return base64.b64encode(embedding.detach().to(torch.float32).numpy().astype("<f4").tobytes()).decode()
+
+
+def embedding_from_base64(data: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(data), dtype="<f4").copy())
 
 
 class Encoder(Protocol):

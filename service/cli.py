@@ -1,5 +1,5 @@
-"""The serving commands of `pandaserve`: serve a bundle over HTTP, embed one file, print the stock
-vLLM server's command for a bundle."""
+"""The serving commands of `pandaserve`: serve a bundle over HTTP, embed one file, serve the encoders
+on their own, print the stock vLLM server's command for a bundle."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def serve(args: argparse.Namespace) -> None:
     from service.settings import Settings
 
     # Flags override the environment (PANDASERVE_*); unset flags leave it alone.
-    flags = (("bundle", args.bundle), ("host", args.host), ("port", args.port), ("engine_url", args.engine_url))
+    flags = [("bundle", args.bundle), ("host", args.host), ("port", args.port)]
+    flags += [("engine_url", args.engine_url), ("encoder_url", args.encoder_url)]
     overrides = {k: v for k, v in flags if v is not None}
     settings = Settings(**overrides)
     configure_logging(args.log_level)
@@ -74,6 +75,21 @@ def engine_command(args: argparse.Namespace) -> None:
     print(server_command(config, served_model(bundle, settings).id, args.host, args.port, on_gpu))
 
 
+def encoders_serve(args: argparse.Namespace) -> None:
+    """The encoder service: the batched pool behind HTTP, for API replicas started with --encoder-url."""
+    import uvicorn
+
+    from service.api.encoder_app import create_encoder_app
+    from service.logs import configure_logging
+    from service.settings import Settings
+
+    flags = (("bundle", args.bundle), ("host", args.host), ("port", args.port))
+    settings = Settings(**{k: v for k, v in flags if v is not None})
+    configure_logging(args.log_level)
+    app = create_encoder_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, log_config=None)
+
+
 def add_commands(commands: Any) -> None:
     """`serve`, `embed` and `engine`, on the `pandaserve` parser's subcommands."""
     from encoders.modalities import MODALITIES
@@ -83,6 +99,7 @@ def add_commands(commands: Any) -> None:
     s.add_argument("--host", help="default 127.0.0.1 (or PANDASERVE_HOST)")
     s.add_argument("--port", type=int, help="default 8000 (or PANDASERVE_PORT)")
     s.add_argument("--engine-url", help="a stock vLLM server or router; default: vLLM in this process")
+    s.add_argument("--encoder-url", help="an encoder service (pandaserve encoders serve); default: in this process")
     s.add_argument("--log-level", default="info")
     s.set_defaults(run=serve)
 
@@ -91,6 +108,17 @@ def add_commands(commands: Any) -> None:
     e.add_argument("--modality", required=True, choices=list(MODALITIES))
     e.add_argument("file", type=Path)
     e.set_defaults(run=embed)
+
+    n = commands.add_parser("encoders", help="the encoder service (ImageBind's batched pool over HTTP)")
+    encoders = n.add_subparsers(dest="encoders_command", required=True)
+    v = encoders.add_parser(
+        "serve", help="serve the bundle's encoders (settings: PANDASERVE_*, REDIS_URL for the cache)"
+    )
+    v.add_argument("--bundle", type=Path, help="bundle directory (or PANDASERVE_BUNDLE)")
+    v.add_argument("--host", help="default 127.0.0.1 (or PANDASERVE_HOST)")
+    v.add_argument("--port", type=int, help="default 8000 (or PANDASERVE_PORT)")
+    v.add_argument("--log-level", default="info")
+    v.set_defaults(run=encoders_serve)
 
     g = commands.add_parser("engine", help="the stock vLLM server that serves a bundle")
     engine = g.add_subparsers(dest="engine_command", required=True)

@@ -51,5 +51,9 @@ class StoreUnavailable(NotReady):
     """Redis (sessions, rate limits) cannot be reached; the client retries, the service reconnects by itself."""
 
 
+class EncoderUnavailable(NotReady):
+    """The encoder service cannot be reached or failed; the service recovers when it is back."""
+
+
 class EngineFailed(ServiceError):
     """The inference engine died or rejected the request."""

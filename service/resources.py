@@ -2,7 +2,9 @@
 
 `build_embedded` is the embedded default: ImageBind and vLLM in this process, sessions in memory
 or, with REDIS_URL, in Redis (one client shared by sessions, rate limits and the embedding cache).
-The app takes any `Resources`, so tests build them with fakes at the two seams instead.
+PANDASERVE_ENGINE_URL and PANDASERVE_ENCODER_URL put either seam in a process of its own (a stock
+vLLM server; `pandaserve encoders serve`). The app takes any `Resources`, so tests build them with
+fakes at the two seams instead.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from service.errors import NotReady
 from service.families import generation_defaults, load_family
 from service.families.base import Family
 from service.metrics import Metrics
+from service.remote_encoder import RemoteEncoder
 from service.settings import Settings
 
 
@@ -81,6 +84,31 @@ def served_model(bundle: Bundle, settings: Settings) -> ServedModel:
     return ServedModel(settings.served_model_name or bundle.root.name, created)
 
 
+async def start_encoder_pool(
+    bundle: Bundle, settings: Settings, metrics: Metrics, shared: RedisEmbeddingStore | None
+) -> EncoderPool:
+    """ImageBind and its batched pool in this process, decode workers started."""
+    # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
+    config = ImageBindConfig(**bundle.manifest.imagebind.config)
+    imagebind = load_imagebind(bundle.imagebind_path, config, device, dtype)
+    limits = settings.media_limits()
+    cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)
+    cache = EmbeddingCache(cache_namespace, settings.embedding_cache_bytes, shared, observer=metrics)
+    pool = EncoderPool(
+        imagebind,
+        limits,
+        bundle.manifest.modalities,
+        batching=settings.batching(),
+        cache=cache,
+        device=device,
+        observer=metrics,
+    )
+    await pool.start()
+    return pool
+
+
 async def start_engine(bundle: Bundle, family: Family, settings: Settings) -> Engine:
     """The stock vLLM server at PANDASERVE_ENGINE_URL, or vLLM in this process."""
     if settings.engine_url:
@@ -119,32 +147,18 @@ async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -
         shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s)
     await store.ping()
 
-    # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
-    imagebind = load_imagebind(
-        bundle.imagebind_path, ImageBindConfig(**bundle.manifest.imagebind.config), device, dtype
-    )
-    limits = settings.media_limits()
-    cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)
-    cache = EmbeddingCache(cache_namespace, settings.embedding_cache_bytes, shared, observer=metrics)
-    pool = EncoderPool(
-        imagebind,
-        limits,
-        bundle.manifest.modalities,
-        batching=settings.batching(),
-        cache=cache,
-        device=device,
-        observer=metrics,
-    )
-    await pool.start()
-    on_close.insert(0, pool.close)
+    encoder: Encoder
+    if settings.encoder_url:
+        encoder = RemoteEncoder(settings.encoder_url)
+    else:
+        encoder = await start_encoder_pool(bundle, settings, metrics, shared)
+    on_close.insert(0, encoder.close)
 
     engine = await start_engine(bundle, family, settings)
 
     on_close.append(engine.close)
     chat = ChatService(
-        encoder=pool,
+        encoder=encoder,
         projector=load_projector(bundle.projector_path),
         family=family,
         prompts=PromptAssembler.load(bundle.llm_dir),
@@ -157,7 +171,7 @@ async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -
     )
     return Resources(
         chat=chat,
-        encoder=pool,
+        encoder=encoder,
         engine=engine,
         store=store,
         keys=keys,

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     engine_url: str | None = None
     engine_model: str | None = Field(default=None, description="the model requests name there; default: the adapter")
     engine_wait_s: float = Field(default=300.0, ge=0, description="at start, how long to wait for the engine")
+    # Encoders: an encoder service (`pandaserve encoders serve`) when a URL is given; otherwise in this process.
+    encoder_url: str | None = None
     # In-process vLLM.
     kv_cache_gib: int = Field(default=1, gt=0, description="VLLM_CPU_KVCACHE_SPACE on CPU (whole GiB)")
     max_model_len: int | None = Field(default=None, gt=0)

@@ -115,3 +115,21 @@ def running_server(
         yield RunningServer(base, proc, log_path)
     finally:
         stop(proc)
+
+
+@contextmanager
+def running_encoders(bundle: Path, redis_url: str, log_dir: Path) -> Iterator[RunningServer]:
+    """`pandaserve encoders serve` on a free port (the embedding cache in Redis), ready (/readyz 200)."""
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONWARNINGS": "default"}
+    env |= {k: str(v) for k, v in SERVER_LIMITS.items()}
+    port = free_port()
+    log_path = log_dir / "encoders.log"
+    cmd = [sys.executable, "-m", "pandaserve", "encoders", "serve", "--bundle", str(bundle), "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc, log_path)
+        yield RunningServer(base, proc, log_path)
+    finally:
+        stop(proc)

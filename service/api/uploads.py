@@ -6,6 +6,7 @@ import inspect
 from typing import Annotated
 
 from fastapi import Depends, File, UploadFile
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from encoders.errors import MediaTooLarge
 from encoders.media import MediaInput
@@ -13,7 +14,7 @@ from encoders.modalities import MODALITIES
 from service.api.deps import LimitsDep, SettingsDep
 
 
-async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+async def read_upload(upload: StarletteUploadFile, field: str, limit: int) -> bytes:
     # Read one byte past the limit: enough to know it is too large without reading it all.
     data = await upload.read(limit + 1)
     if len(data) > limit:

@@ -8,34 +8,30 @@ stored session byte-for-byte as it was.
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
-import numpy as np
 import redis.asyncio as redis
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
+from encoders.media import embedding_from_base64, embedding_to_base64
 from service.errors import Conflict, StoreUnavailable
 
 
 def _tensor(value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    return torch.from_numpy(np.frombuffer(base64.b64decode(value), dtype="<f4").copy())
-
-
-def _base64(tensor: torch.Tensor) -> str:
-    return base64.b64encode(tensor.detach().to(torch.float32).numpy().astype("<f4").tobytes()).decode()
+    return value if isinstance(value, torch.Tensor) else embedding_from_base64(value)
 
 
 # A tensor in memory; float32 little-endian, base64, in the stored JSON.
 Float32Tensor = Annotated[
-    torch.Tensor, PlainValidator(_tensor), PlainSerializer(_base64, return_type=str), WithJsonSchema({"type": "string"})
+    torch.Tensor,
+    PlainValidator(_tensor),
+    PlainSerializer(embedding_to_base64, return_type=str),
+    WithJsonSchema({"type": "string"}),
 ]
 
 
