@@ -105,22 +105,23 @@ REPLY_TOKENS = 12  # per turn: enough to compare, cheap on CPU
 
 
 def assert_served_chat_equals(
-    base_url: str, oracle: Oracle, messages: list[str], media: list[tuple[str, bytes]]
+    base_url: str | list[str], oracle: Oracle, messages: list[str], media: list[tuple[str, bytes]]
 ) -> None:
     """One greedy turn per message over HTTP, the media with the first: every reply's token ids equal
-    the oracle's for the same conversation."""
+    the oracle's for the same conversation. Several base URLs (API replicas) take the turns in turn."""
     import httpx
 
     from tests.conftest import AUTH
 
     history: list[tuple[str, str]] = []
     session_id = None
-    with httpx.Client(base_url=base_url, timeout=120, headers=AUTH) as client:
+    urls = [base_url] if isinstance(base_url, str) else base_url
+    with httpx.Client(timeout=120, headers=AUTH) as client:
         for turn, message in enumerate(messages):
             form = {"message": message, "temperature": "0", "max_tokens": str(REPLY_TOKENS), "return_token_ids": "true"}
             form |= {"session_id": session_id} if session_id else {}
             files = [(m, (m, data)) for m, data in media] if turn == 0 else None
-            r = client.post("/chat", data=form, files=files)
+            r = client.post(urls[turn % len(urls)] + "/chat", data=form, files=files)
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["token_ids"] == oracle.reply_ids(history, message, media, REPLY_TOKENS), f"turn {turn}"
