@@ -1,9 +1,9 @@
 """Everything a server needs, built once at start-up (in the app's lifespan) and closed at shutdown.
 
-`build_embedded` is the embedded default: ImageBind and vLLM in this process, sessions in memory
+`build_resources` makes the embedded default: ImageBind and vLLM in this process, sessions in memory
 or, with REDIS_URL, in Redis (one client shared by sessions, rate limits and the embedding cache).
 PANDASERVE_ENGINE_URL and PANDASERVE_ENCODER_URL put either seam in a process of its own (a stock
-vLLM server; `pandaserve encoders serve`). The app takes any `Resources`, so tests build them with
+vLLM server; `pandaserve encoders serve`), which makes the API a stateless replica. The app takes any `Resources`, so tests build them with
 fakes at the two seams instead.
 """
 
@@ -121,7 +121,7 @@ async def start_engine(bundle: Bundle, family: Family, settings: Settings) -> En
     return await asyncio.to_thread(LocalVLLMEngine.start, engine_config(bundle, family, settings))
 
 
-async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -> Resources:
+async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) -> Resources:
     if settings.bundle is None:
         raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
     keys = ApiKeys(read_keys(settings.api_keys, settings.api_keys_file))
@@ -155,7 +155,6 @@ async def build_embedded(settings: Settings, metrics: Metrics, tracer: Tracer) -
     on_close.insert(0, encoder.close)
 
     engine = await start_engine(bundle, family, settings)
-
     on_close.append(engine.close)
     chat = ChatService(
         encoder=encoder,

@@ -14,7 +14,7 @@ from service.api.lifecycle import Lifecycle
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware, TracingMiddleware
 from service.api.routes import chat, embeddings, ops, sessions, v1
 from service.metrics import Metrics
-from service.resources import Resources, build_embedded
+from service.resources import Resources, build_resources
 from service.settings import Settings
 from service.tracing import build_tracer
 
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = None
         if app.state.resources is None:
-            app.state.resources = built = await build_embedded(settings, metrics, tracer)
+            app.state.resources = built = await build_resources(settings, metrics, tracer)
         try:
             yield
         finally:
