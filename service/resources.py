@@ -3,8 +3,8 @@
 `build_resources` makes the embedded default: ImageBind and vLLM in this process, sessions in memory
 or, with REDIS_URL, in Redis (one client shared by sessions, rate limits and the embedding cache).
 PANDASERVE_ENGINE_URL and PANDASERVE_ENCODER_URL put either seam in a process of its own (a stock
-vLLM server; `pandaserve encoders serve`), which makes the API a stateless replica. The app takes any `Resources`, so tests build them with
-fakes at the two seams instead.
+vLLM server; `pandaserve encoders serve`), which makes the API a stateless replica. The app takes
+any `Resources`, so tests build them with fakes at the two seams instead.
 """
 
 from __future__ import annotations
