@@ -34,7 +34,7 @@ demo: install $(BUNDLE)/manifest.json
 test: lint
 	$(PY) -m pytest
 
-# The unit tier alone (in-process; fakes at the engine and encoder seams only): about 35 s on 2 cores.
+# The unit tier alone (in-process; fakes at the engine and encoder seams only): about 30 s on 2 cores.
 test-fast: install
 	$(PY) -m pytest -m unit -q
 
