@@ -10,6 +10,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class Metrics:
+    CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format, as /metrics serves it
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(

@@ -38,7 +38,8 @@ class AdmissionMiddleware:
             return
         try:
             tenant = resources.keys.tenant(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
-            await resources.limiter.enter(tenant or "anonymous")
+            limited_as = tenant or "anonymous"  # auth off: one bucket for all
+            await resources.limiter.enter(limited_as)
         except ServiceError as exc:
             lifecycle.leave()
             await error_response(exc)(scope, receive, send)
@@ -48,6 +49,6 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             try:
-                await resources.limiter.leave(tenant or "anonymous")
+                await resources.limiter.leave(limited_as)
             finally:
                 lifecycle.leave()

@@ -60,10 +60,11 @@ def create_encoder_app(settings: Settings, encoder: Encoder | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = redis.from_url(settings.redis_url) if settings.redis_url else None
+        client = None
         if app.state.encoder is None:
             if settings.bundle is None:
                 raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
+            client = redis.from_url(settings.redis_url) if settings.redis_url else None
             shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s) if client else None
             app.state.encoder = await start_encoder_pool(load_bundle(settings.bundle), settings, metrics, shared)
         try:
@@ -103,6 +104,6 @@ def create_encoder_app(settings: Settings, encoder: Encoder | None = None) -> Fa
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type=Metrics.CONTENT_TYPE)
 
     return app

@@ -66,4 +66,4 @@ def server_command(config: EngineConfig, served_name: str, host: str, port: int,
     if config.lora_dir is not None:
         args += ["--lora-modules", f"{ADAPTER}={config.lora_dir}"]
     env = [] if on_gpu else [f"VLLM_CPU_KVCACHE_SPACE={config.kv_cache_gib}"]
-    return shlex.join([*env, *args]) if not env else env[0] + " " + shlex.join(args)
+    return shlex.join([*env, *args])  # an assignment needs no quotes: it stays a shell prefix

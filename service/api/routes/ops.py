@@ -8,6 +8,7 @@ from service.api.deps import MetricsDep, ResourcesDep
 from service.api.routes.chat import ERRORS
 from service.api.schemas import Health
 from service.errors import NotReady
+from service.metrics import Metrics
 
 router = APIRouter(tags=["ops"])
 
@@ -34,4 +35,4 @@ async def readyz(resources: ResourcesDep, request: Request) -> Health:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(m: MetricsDep) -> Response:
-    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(m.render(), media_type=Metrics.CONTENT_TYPE)
