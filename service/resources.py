@@ -167,6 +167,7 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
         generation=generation_defaults(family, bundle),
         tracer=tracer,
         admission=EngineAdmission(settings.max_engine_requests, settings.max_queued_prompt_tokens),
+        lock_ttl_s=settings.session_lock_ttl_s,
     )
     return Resources(
         chat=chat,

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Sessions: in memory unless a Redis URL is given (REDIS_URL is the conventional name).
     redis_url: str | None = Field(default=None, validation_alias=AliasChoices("PANDASERVE_REDIS_URL", "REDIS_URL"))
     session_ttl_s: int = Field(default=24 * 3600, gt=0)
+    # A turn holds its session's lock as a lease renewed every third of this: a replica that dies
+    # mid-turn blocks its session for at most this long.
+    session_lock_ttl_s: float = Field(default=30.0, ge=1.0)
 
     # Engine: a stock vLLM OpenAI server (or a router in front of several) when a URL is given;
     # otherwise vLLM in this process.

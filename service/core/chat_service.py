@@ -9,6 +9,8 @@ engine's admission, and turns the engine's tokens into final text.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -25,9 +27,11 @@ from service.core.prompt import PromptAssembler
 from service.core.reply import Reply, TextDelta
 from service.core.session_store import MediaRecord, Session, SessionStore, Turn
 from service.engines.base import Engine, Sampling, TokenLogprob
-from service.errors import BadRequest, Conflict, NotFound, Unprocessable
+from service.errors import BadRequest, Conflict, NotFound, StoreUnavailable, Unprocessable
 from service.families.base import Exchange, Family, GenerationDefaults
 from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class ChatService:
         generation: GenerationDefaults,
         tracer: trace.Tracer,
         admission: EngineAdmission,
-        lock_ttl_s: float = 600.0,
+        lock_ttl_s: float = 30.0,
     ) -> None:
         self.encoder = encoder
         self.projector = projector
@@ -208,11 +212,27 @@ class ChatService:
         lock = await self.store.acquire(session_id, self.lock_ttl_s)
         if lock is None:
             raise Conflict("another turn of this session is in progress; retry when it ends", param="session_id")
+        # A lease, not a long lock: renewed while the turn runs, so a replica that dies mid-turn
+        # blocks its session for one short TTL and another replica then carries the conversation on.
+        lease = asyncio.create_task(self._renew(session_id, lock))
         try:
             # Read under the lock: the turn builds on the latest committed history.
             yield await self._load(tenant, session_id)
         finally:
+            lease.cancel()
             await self.store.release(session_id, lock)
+
+    async def _renew(self, session_id: str, lock: str) -> None:
+        """Keep the lock while the turn runs. Losing it is logged, not fatal: the commit's turn-count
+        check still refuses a turn whose session changed meanwhile."""
+        while True:
+            await asyncio.sleep(self.lock_ttl_s / 3)
+            try:
+                if not await self.store.renew(session_id, lock, self.lock_ttl_s):
+                    log.warning("lost the lock of session %s during a turn", session_id)
+                    return
+            except StoreUnavailable:
+                log.warning("could not renew the lock of session %s (the store is unavailable)", session_id)
 
     async def _embed(self, media: list[MediaInput]) -> list[MediaRecord]:
         with self.tracer.start_as_current_span("encode media") as span:

@@ -94,7 +94,11 @@ class SessionStore(Protocol):
 
     async def acquire(self, session_id: str, ttl_s: float) -> str | None:
         """Lock the session for one turn: a token to release it with, or None if it is locked.
-        The lock expires after `ttl_s` so a crashed replica cannot hold it forever."""
+        The lock expires after `ttl_s` unless renewed, so a crashed replica cannot hold it for long."""
+        ...
+
+    async def renew(self, session_id: str, token: str, ttl_s: float) -> bool:
+        """Extend the lock to `ttl_s` from now, if `token` still holds it (else False)."""
         ...
 
     async def release(self, session_id: str, token: str) -> None:
@@ -143,6 +147,13 @@ class MemorySessionStore:
         self._locks[session_id] = (token, time.monotonic() + ttl_s)
         return token
 
+    async def renew(self, session_id: str, token: str, ttl_s: float) -> bool:
+        held = self._locks.get(session_id)
+        if held is None or held[0] != token or held[1] <= time.monotonic():
+            return False
+        self._locks[session_id] = (token, time.monotonic() + ttl_s)
+        return True
+
     async def release(self, session_id: str, token: str) -> None:
         if self._locks.get(session_id, ("",))[0] == token:
             del self._locks[session_id]
@@ -176,6 +187,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] lock key; ARGV[1] token, ARGV[2] milliseconds. Extends the lock only if this token holds it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 
 class RedisSessionStore:
     def __init__(self, client: redis.Redis, ttl_s: int, prefix: str = "pandaserve:session:") -> None:
@@ -184,6 +201,7 @@ class RedisSessionStore:
         self.prefix = prefix
         self._commit = self.client.register_script(_COMMIT)
         self._release = self.client.register_script(_RELEASE)
+        self._renew = self.client.register_script(_RENEW)
 
     async def get(self, session_id: str) -> Session | None:
         async with redis_available():
@@ -209,6 +227,10 @@ class RedisSessionStore:
             token = uuid.uuid4().hex
             locked = await self.client.set(f"{self.prefix}{session_id}:lock", token, nx=True, px=int(ttl_s * 1000))
             return token if locked else None
+
+    async def renew(self, session_id: str, token: str, ttl_s: float) -> bool:
+        async with redis_available():
+            return bool(await self._renew(keys=[f"{self.prefix}{session_id}:lock"], args=[token, int(ttl_s * 1000)]))
 
     async def release(self, session_id: str, token: str) -> None:
         async with redis_available():

@@ -148,3 +148,23 @@ async def test_concurrent_turn_conflicts_and_an_abandoned_turn_commits_nothing(b
     events = [e async for e in chat.turn("alice", sid, "Hello", IMAGE, SamplingRequest())]  # the lock was released
     assert isinstance(events[-1], TurnResult)
     assert len((await chat.get_session("alice", sid)).turns) == 1
+
+
+async def test_a_turn_renews_its_lease_and_a_dead_holders_lease_runs_out(builder, sp, stop_id) -> None:
+    gate = asyncio.Event()
+    chat = service(builder, stop_id, ScriptedEngine([[t] for t in ids(sp, "one two three four")], gate=gate))
+    chat.lock_ttl_s = 0.3
+    sid = (await chat.create_session("alice", {})).session_id
+    first = chat.turn("alice", sid, "Hello", IMAGE, SamplingRequest())
+    await anext(first)
+    await asyncio.sleep(1.0)  # three TTLs: the running turn keeps its lock
+    with pytest.raises(Conflict):
+        await anext(chat.turn("alice", sid, "Again", IMAGE, SamplingRequest()))
+    gate.set()
+    assert isinstance([e async for e in first][-1], TurnResult)
+
+    # A replica that died mid-turn never releases: its lease simply stops being renewed.
+    assert await chat.store.acquire(sid, chat.lock_ttl_s) is not None
+    await asyncio.sleep(0.4)
+    events = [e async for e in chat.turn("alice", sid, "Again", IMAGE, SamplingRequest())]
+    assert isinstance(events[-1], TurnResult)

@@ -127,3 +127,14 @@ async def test_get_refreshes_the_ttl(redis_url: str) -> None:
     assert await store.get(session.session_id) == session
     assert await store.client.ttl(store.prefix + session.session_id) > 5
     await store.client.aclose()
+
+
+async def test_a_lock_is_renewed_only_by_its_holder(store: SessionStore) -> None:
+    token = await store.acquire("sess_r", ttl_s=0.2)
+    assert token is not None
+    assert not await store.renew("sess_r", "not-the-token", ttl_s=60)
+    assert await store.renew("sess_r", token, ttl_s=60)
+    await asyncio.sleep(0.3)  # past the first TTL: the renewal holds it
+    assert await store.acquire("sess_r", ttl_s=60) is None
+    await store.release("sess_r", token)
+    assert not await store.renew("sess_r", token, ttl_s=60)  # a released lock is not revived
