@@ -1,7 +1,9 @@
 """The encoder seam: what a request hands the encoders (`MediaInput`) and what answers (`Encoder`).
 
-The chat core sees only this protocol: the in-process pool (encoders/pool.py) implements it, and so
-can a client of a remote encoder service or a test's fake.
+The in-process pool (encoders/pool.py) is an `Embedder`: files in, ImageBind embeddings out. The
+chat core sees an `Encoder`, which also answers each file's soft prompt (the vectors the LLM's media
+slot holds): the pool behind its projector (encoders/projector.py), a client of a remote encoder
+service, or a test's fake.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ class MediaInput:
         return sha256(self.data).hexdigest()
 
 
-def embedding_to_base64(embedding: torch.Tensor) -> str:
-    """An embedding as it travels and is stored: float32 little-endian, base64."""
-    return base64.b64encode(embedding.detach().to(torch.float32).numpy().astype("<f4").tobytes()).decode()
+def tensor_to_base64(tensor: torch.Tensor) -> str:
+    """A tensor's values as they travel and are stored: float32 little-endian, row-major, base64."""
+    return base64.b64encode(tensor.detach().to(torch.float32).numpy().astype("<f4").tobytes()).decode()
 
 
-def embedding_from_base64(data: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(data), dtype="<f4").copy())
+def tensor_from_base64(data: str, shape: tuple[int, ...] = (-1,)) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(data), dtype="<f4").copy()).reshape(shape)
 
 
-class Encoder(Protocol):
+class Embedder(Protocol):
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
-        """One embedding per item, in order; a bad file raises its MediaError (naming `field`), a full
-        queue PoolFull."""
+        """One ImageBind embedding (1024,) per item, in order; a bad file raises its MediaError
+        (naming `field`), a full queue PoolFull."""
         ...
 
     async def check_health(self) -> None:
@@ -47,3 +49,10 @@ class Encoder(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Encoder(Embedder, Protocol):
+    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
+        """One soft prompt [n, hidden] per item, in order: the vectors its media slot holds in the
+        LLM's input space. Errors as `encode`."""
+        ...

@@ -11,7 +11,7 @@ import httpx
 import torch
 
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, PoolFull, UnsupportedMediaType
-from encoders.media import MediaInput, embedding_from_base64
+from encoders.media import MediaInput, tensor_from_base64
 from service.errors import EncoderUnavailable
 
 MEDIA_ERRORS: dict[str, type[MediaError]] = {
@@ -28,17 +28,23 @@ class RemoteEncoder:
         self._slots = asyncio.Semaphore(max_concurrency)  # requests in flight to the service
 
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
+        return await self._post(items, "embedding")
+
+    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
+        return await self._post(items, "soft_prompt")
+
+    async def _post(self, items: list[MediaInput], output: str) -> list[torch.Tensor]:
         files = [(item.modality, (item.field, item.data, "application/octet-stream")) for item in items]
         try:
             async with self._slots:
-                response = await self.client.post("/v1/encode", files=files)
+                response = await self.client.post("/v1/encode", params={"output": output}, files=files)
         except httpx.HTTPError as exc:
             raise EncoderUnavailable(
                 f"the encoder service at {self.url} is unavailable ({type(exc).__name__})"
             ) from exc
         if response.status_code != 200:
             raise _error(response)
-        return [embedding_from_base64(item["embedding"]) for item in response.json()["data"]]
+        return [tensor_from_base64(item["data"], tuple(item["shape"])) for item in response.json()["data"]]
 
     async def check_health(self) -> None:
         try:

@@ -21,7 +21,7 @@ from encoders.cache import EmbeddingCache, namespace
 from encoders.imagebind import ImageBindConfig, load_imagebind
 from encoders.media import Encoder
 from encoders.pool import EncoderPool
-from encoders.projector import load_projector
+from encoders.projector import ProjectedEncoder, load_projector
 from service.bundle import Bundle, load_bundle
 from service.core.api_keys import ApiKeys, read_keys
 from service.core.chat_service import ChatService
@@ -84,10 +84,10 @@ def served_model(bundle: Bundle, settings: Settings) -> ServedModel:
     return ServedModel(settings.served_model_name or bundle.root.name, created)
 
 
-async def start_encoder_pool(
+async def start_encoders(
     bundle: Bundle, settings: Settings, metrics: Metrics, shared: RedisEmbeddingStore | None
-) -> EncoderPool:
-    """ImageBind and its batched pool in this process, decode workers started."""
+) -> ProjectedEncoder:
+    """ImageBind and its batched pool in this process, decode workers started, behind the projector."""
     # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
@@ -106,7 +106,7 @@ async def start_encoder_pool(
         observer=metrics,
     )
     await pool.start()
-    return pool
+    return ProjectedEncoder(pool, load_projector(bundle.projector_path))
 
 
 async def start_engine(bundle: Bundle, family: Family, settings: Settings) -> Engine:
@@ -151,14 +151,13 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
     if settings.encoder_url:
         encoder = RemoteEncoder(settings.encoder_url)
     else:
-        encoder = await start_encoder_pool(bundle, settings, metrics, shared)
+        encoder = await start_encoders(bundle, settings, metrics, shared)
     on_close.insert(0, encoder.close)
 
     engine = await start_engine(bundle, family, settings)
     on_close.append(engine.close)
     chat = ChatService(
         encoder=encoder,
-        projector=load_projector(bundle.projector_path),
         family=family,
         prompts=PromptAssembler.load(bundle.llm_dir),
         engine=engine,

@@ -11,7 +11,6 @@ import torch
 from opentelemetry import trace
 
 from encoders.media import MediaInput
-from encoders.projector import Projector
 from service.bundle import load_bundle
 from service.core.api_keys import ApiKeys
 from service.core.chat_service import ChatService
@@ -65,14 +64,19 @@ class ScriptedEngine:
 
 
 class FixedEncoder:
-    """Every file's embedding is a constant vector (its position in the request, scaled)."""
+    """Every file's embedding and soft prompt are constant vectors (its position in the request, scaled)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 8) -> None:
+        self.hidden = hidden
         self.encoded: list[MediaInput] = []
 
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         self.encoded += items
         return [torch.full((1024,), 0.01 * (i + 1)) for i, _ in enumerate(items)]
+
+    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
+        self.encoded += items
+        return [torch.full((1, self.hidden), 0.01 * (i + 1)) for i, _ in enumerate(items)]
 
     async def check_health(self) -> None:
         return None
@@ -86,8 +90,7 @@ def chat_service(bundle_dir: Path, engine: ScriptedEngine, encoder: FixedEncoder
     bundle = load_bundle(bundle_dir)
     prompts = PromptAssembler.load(bundle.llm_dir)
     return ChatService(
-        encoder=encoder or FixedEncoder(),
-        projector=Projector(1024, prompts.hidden_size),
+        encoder=encoder or FixedEncoder(prompts.hidden_size),
         family=load_family(bundle),
         prompts=prompts,
         engine=engine,

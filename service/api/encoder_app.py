@@ -4,8 +4,10 @@ replicas need no ImageBind of their own.
 
 POST /v1/encode: multipart, one part per file, named by its modality; a part's filename names the
 file in errors (API replicas send their own field names, e.g. `image[0]`, `messages[0].content[1]`).
-Answers each file's ImageBind embedding (float32 little-endian, base64), in the order sent. Errors:
-the API's envelope (413/415/422 naming the file, 503 `overloaded_error` when the pool is full).
+Answers, in the order sent, each file's soft prompt ([n, hidden]: what the LLM's media slot holds,
+projected here) or, with `?output=embedding`, its ImageBind embedding ([1024], for /embeddings):
+shape + float32 little-endian values, base64. Errors: the API's envelope (413/415/422 naming the
+file, 503 `overloaded_error` when the pool is full).
 No API keys: like the engine, it is reached only by the API replicas (a NetworkPolicy's job).
 """
 
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import redis.asyncio as redis
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from encoders.media import Encoder, MediaInput, embedding_to_base64
+from encoders.media import Encoder, MediaInput, tensor_to_base64
 from encoders.modalities import MODALITIES
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
@@ -28,7 +31,7 @@ from service.bundle import load_bundle
 from service.core.embedding_store import RedisEmbeddingStore
 from service.errors import BadRequest, NotReady
 from service.metrics import Metrics
-from service.resources import start_encoder_pool
+from service.resources import start_encoders
 from service.settings import Settings
 
 
@@ -36,7 +39,8 @@ class EncodedFile(BaseModel):
     field: str
     modality: str
     sha256: str
-    embedding: str  # float32 little-endian, base64
+    shape: list[int]
+    data: str  # float32 little-endian, row-major, base64
 
 
 class Encoded(BaseModel):
@@ -66,7 +70,7 @@ def create_encoder_app(settings: Settings, encoder: Encoder | None = None) -> Fa
                 raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
             client = redis.from_url(settings.redis_url) if settings.redis_url else None
             shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s) if client else None
-            app.state.encoder = await start_encoder_pool(load_bundle(settings.bundle), settings, metrics, shared)
+            app.state.encoder = await start_encoders(load_bundle(settings.bundle), settings, metrics, shared)
         try:
             yield
         finally:
@@ -82,12 +86,15 @@ def create_encoder_app(settings: Settings, encoder: Encoder | None = None) -> Fa
     install_error_handlers(app)
 
     @app.post("/v1/encode", response_model=Encoded)
-    async def encode(request: Request) -> Encoded:
+    async def encode(request: Request, output: Literal["soft_prompt", "embedding"] = "soft_prompt") -> Encoded:
         media = await read_media(request, settings)
-        embeddings = await app.state.encoder.encode(media)
+        encoder: Encoder = app.state.encoder
+        tensors = await (encoder.soft_prompts(media) if output == "soft_prompt" else encoder.encode(media))
         data = [
-            EncodedFile(field=m.field, modality=m.modality, sha256=m.sha256, embedding=embedding_to_base64(e))
-            for m, e in zip(media, embeddings, strict=True)
+            EncodedFile(
+                field=m.field, modality=m.modality, sha256=m.sha256, shape=list(t.shape), data=tensor_to_base64(t)
+            )
+            for m, t in zip(media, tensors, strict=True)
         ]
         return Encoded(data=data)
 

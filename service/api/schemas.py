@@ -48,8 +48,8 @@ class SessionView(BaseModel):
 
     @classmethod
     def of(cls, session: Session) -> SessionView:
-        # Never the raw bytes nor the embeddings: a summary of each medium.
-        hidden: Any = {"tenant": True, "turns": {"__all__": {"media": {"__all__": {"embedding"}}}}}
+        # Never the raw bytes nor the soft prompts: a summary of each medium.
+        hidden: Any = {"tenant": True, "turns": {"__all__": {"media": {"__all__": {"soft_prompt"}}}}}
         return cls.model_validate(session.model_dump(exclude=hidden))
 
 

@@ -21,7 +21,6 @@ import torch
 from opentelemetry import trace
 
 from encoders.media import Encoder, MediaInput
-from encoders.projector import Projector
 from service.core.engine_admission import EngineAdmission
 from service.core.prompt import PromptAssembler
 from service.core.reply import Reply, TextDelta
@@ -106,7 +105,6 @@ class ChatService:
         self,
         *,
         encoder: Encoder,
-        projector: Projector,
         family: Family,
         prompts: PromptAssembler,
         engine: Engine,
@@ -118,7 +116,6 @@ class ChatService:
         lock_ttl_s: float = 30.0,
     ) -> None:
         self.encoder = encoder
-        self.projector = projector
         self.family = family
         self.prompts = prompts
         self.engine = engine
@@ -237,17 +234,15 @@ class ChatService:
     async def _embed(self, media: list[MediaInput]) -> list[MediaRecord]:
         with self.tracer.start_as_current_span("encode media") as span:
             span.set_attribute("pandaserve.media.modalities", [item.modality for item in media])
-            embeddings = await self.encoder.encode(media)
+            soft_prompts = await self.encoder.soft_prompts(media)
         return [
-            MediaRecord(modality=item.modality, sha256=item.sha256, bytes=len(item.data), embedding=emb)
-            for item, emb in zip(media, embeddings, strict=True)
+            MediaRecord(modality=item.modality, sha256=item.sha256, bytes=len(item.data), soft_prompt=vectors)
+            for item, vectors in zip(media, soft_prompts, strict=True)
         ]
 
     def _prompt(self, history: Sequence[Exchange], message: str, media: list[MediaRecord]) -> torch.Tensor:
         # Media of every turn so far, in order (the original reused the first turn's slot).
-        with torch.inference_mode():
-            vectors = self.projector(torch.stack([m.embedding for m in media]))
-        return self.prompts.assemble(self.family.prompt(history, message, list(vectors[:, None])))
+        return self.prompts.assemble(self.family.prompt(history, message, [m.soft_prompt for m in media]))
 
     async def _reply(
         self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest

@@ -18,20 +18,26 @@ import redis.asyncio as redis
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
-from encoders.media import embedding_from_base64, embedding_to_base64
+from encoders.media import tensor_from_base64, tensor_to_base64
 from service.errors import Conflict, StoreUnavailable
 
 
 def _tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else embedding_from_base64(value)
+    if isinstance(value, torch.Tensor):
+        return value
+    return tensor_from_base64(value["data"], tuple(value["shape"]))
 
 
-# A tensor in memory; float32 little-endian, base64, in the stored JSON.
+def _stored(tensor: torch.Tensor) -> dict[str, Any]:
+    return {"shape": list(tensor.shape), "data": tensor_to_base64(tensor)}
+
+
+# A tensor in memory; its shape and its float32 little-endian values (base64) in the stored JSON.
 Float32Tensor = Annotated[
     torch.Tensor,
     PlainValidator(_tensor),
-    PlainSerializer(embedding_to_base64, return_type=str),
-    WithJsonSchema({"type": "string"}),
+    PlainSerializer(_stored, return_type=dict),
+    WithJsonSchema({"type": "object", "properties": {"shape": {"type": "array"}, "data": {"type": "string"}}}),
 ]
 
 
@@ -41,14 +47,15 @@ class MediaRecord(BaseModel):
     modality: str
     sha256: str
     bytes: int
-    # The 1024-d ImageBind embedding: the media slot is projected again from these at every turn.
-    embedding: Float32Tensor
+    # The medium's soft prompt [n, hidden], as the encoders answered it: every later turn's prompt
+    # holds it again, with no encoder work.
+    soft_prompt: Float32Tensor
 
     def __eq__(self, other: object) -> bool:  # tensors compare element-wise: say what equal means
         return (
             isinstance(other, MediaRecord)
             and (self.modality, self.sha256, self.bytes) == (other.modality, other.sha256, other.bytes)
-            and torch.equal(self.embedding, other.embedding)
+            and torch.equal(self.soft_prompt, other.soft_prompt)
         )
 
 
@@ -194,8 +201,12 @@ return 0
 """
 
 
+# v2: media records hold soft prompts (v1 held ImageBind embeddings); v1 sessions read as absent.
+KEY_PREFIX = "pandaserve:session:v2:"
+
+
 class RedisSessionStore:
-    def __init__(self, client: redis.Redis, ttl_s: int, prefix: str = "pandaserve:session:") -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, prefix: str = KEY_PREFIX) -> None:
         self.client = client
         self.ttl_s = ttl_s
         self.prefix = prefix

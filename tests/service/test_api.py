@@ -13,12 +13,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.core.session_store import KEY_PREFIX
 from tests.conftest import AUTH, OTHER_KEY
 from tests.media import picture
 
 pytestmark = pytest.mark.e2e
 
-KEY_PREFIX = "pandaserve:session:"
 OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}
 IMAGE = [("image", ("a.png", picture(1, (96, 64))))]
 

@@ -13,12 +13,11 @@ import redis
 import soundfile as sf
 from PIL import Image
 
+from service.core.session_store import KEY_PREFIX
 from tests.conftest import AUTH, SERVER_LIMITS
 from tests.media import depth_png16, imu_npy, picture, video, wav
 
 pytestmark = pytest.mark.e2e
-
-KEY_PREFIX = "pandaserve:session:"
 
 
 def png(size: tuple[int, int], mode: str = "RGB") -> bytes:

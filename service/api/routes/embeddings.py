@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from encoders.media import Encoder, MediaInput
+from encoders.media import Embedder, MediaInput
 from encoders.modalities import MODALITIES
 from service.api.deps import ResourcesDep
 from service.api.routes.chat import ERRORS
@@ -19,7 +19,7 @@ from service.errors import Unprocessable
 router = APIRouter(tags=["embeddings"])
 
 
-async def embed(encoder: Encoder, media: list[MediaInput]) -> EmbeddingsResponse:
+async def embed(encoder: Embedder, media: list[MediaInput]) -> EmbeddingsResponse:
     if not media:
         raise Unprocessable(f"send at least one file in a modality field ({', '.join(MODALITIES)})")
     vectors = await encoder.encode(media)

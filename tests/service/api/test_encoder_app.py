@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from encoders.errors import InvalidMedia, PoolFull
-from encoders.media import embedding_from_base64
+from encoders.media import tensor_from_base64
 from service.api.encoder_app import create_encoder_app
 from service.errors import EncoderUnavailable
 from service.remote_encoder import _error
@@ -35,7 +35,17 @@ async def test_files_are_encoded_in_the_order_sent_under_their_filenames() -> No
         ("audio", "audio[0]", b"a"),
         ("image", "messages[0].content[1]", b"b"),
     ]
-    assert torch.equal(embedding_from_base64(data[1]["embedding"]), torch.full((1024,), 0.02))
+    assert data[1]["shape"] == [1, 8]  # soft prompts unless asked otherwise
+    assert torch.equal(tensor_from_base64(data[1]["data"], (1, 8)), torch.full((1, 8), 0.02))
+
+
+async def test_embeddings_on_request() -> None:
+    async with client(FixedEncoder()) as c:
+        r = await c.post("/v1/encode", params={"output": "embedding"}, files=[("image", ("image[0]", b"b"))])
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["data"]
+    assert item["shape"] == [1024]
+    assert torch.equal(tensor_from_base64(item["data"]), torch.full((1024,), 0.01))
 
 
 async def test_a_part_that_is_not_a_modality_is_400() -> None:

@@ -30,21 +30,21 @@ def turn(message: str, media: list[MediaRecord] | None = None) -> Turn:
     return Turn(message=message, reply="r:" + message, finish_reason="stop", media=media or [], created_at=time.time())
 
 
-def test_media_record_round_trips_the_embedding() -> None:
-    vector = torch.randn(1024)
-    record = MediaRecord(modality="image", sha256="ab" * 32, bytes=123, embedding=vector)
-    assert torch.equal(MediaRecord.model_validate_json(record.model_dump_json()).embedding, vector)
+def test_media_record_round_trips_the_soft_prompt() -> None:
+    vectors = torch.randn(3, 16)
+    record = MediaRecord(modality="image", sha256="ab" * 32, bytes=123, soft_prompt=vectors)
+    assert torch.equal(MediaRecord.model_validate_json(record.model_dump_json()).soft_prompt, vectors)
 
 
 async def test_commit_then_get(store: SessionStore) -> None:
     session = Session.new(None)
     session.turns.append(
-        turn("hi", [MediaRecord(modality="image", sha256="0" * 64, bytes=10, embedding=torch.ones(4))])
+        turn("hi", [MediaRecord(modality="image", sha256="0" * 64, bytes=10, soft_prompt=torch.ones(1, 4))])
     )
     await store.commit(session, expected_turns=0)
     loaded = await store.get(session.session_id)
     assert loaded == session
-    assert loaded is not None and torch.equal(loaded.media()[0].embedding, torch.ones(4))
+    assert loaded is not None and torch.equal(loaded.media()[0].soft_prompt, torch.ones(1, 4))
 
 
 async def test_unknown_session_is_none(store: SessionStore) -> None:
