@@ -34,8 +34,23 @@ def read_npy(data: bytes, field: str, max_elements: int) -> np.ndarray:
         raise InvalidMedia(field, f"the .npy file is truncated or corrupt ({exc})") from exc
 
 
-def read_csv(data: bytes, field: str, max_rows: int) -> np.ndarray:
+def check_lines(data: bytes, field: str, max_lines: int, max_line_bytes: int) -> None:
+    """Count the lines and measure the longest before any is decoded or split, at C speed: one
+    20 MiB row, or millions of empty lines, is refused without being parsed."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    lines = int(np.count_nonzero(raw == ord("\n")))
+    if lines > max_lines:
+        raise MediaTooLarge(field, f"the CSV has {lines} lines, over the limit of {max_lines}")
+    ends = np.append(np.flatnonzero((raw == ord("\n")) | (raw == ord("\r"))), len(data))  # CR too, as splitlines
+    longest = int(np.diff(ends, prepend=-1).max()) - 1  # without its newline
+    if longest > max_line_bytes:
+        raise MediaTooLarge(field, f"the CSV has a line of {longest} bytes, over the limit of {max_line_bytes}")
+
+
+def read_csv(data: bytes, field: str, max_rows: int, max_line_bytes: int = 4096) -> np.ndarray:
     """Comma-separated numbers, one sample per line; one header line of names is allowed."""
+    # Blank lines are skipped below; as many again as rows (plus the header) are tolerated.
+    check_lines(data, field, 2 * max_rows + 1, max_line_bytes)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

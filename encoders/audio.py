@@ -12,6 +12,7 @@ with PyAV, then our resampler.
 from __future__ import annotations
 
 import io
+import math
 
 import av
 import numpy as np
@@ -71,25 +72,60 @@ def _check_duration(field: str, seconds: float, limits: MediaLimits) -> None:
         raise MediaTooLarge(field, f"audio is {seconds:.1f} s long, over the limit of {limits.max_audio_seconds:g} s")
 
 
-def _check_rate(field: str, fmt: str, rate: int) -> None:
+def _check_rate(field: str, fmt: str, rate: int, limits: MediaLimits) -> None:
     if rate <= 0:
         raise InvalidMedia(field, f"the {fmt} audio declares a sample rate of {rate} Hz")
+    # Resampling to 16 kHz multiplies the samples by 16000 / rate: a very low rate is a cheap file
+    # that becomes a large waveform; a very high one is costly to decode for nothing the model hears.
+    if rate < limits.min_audio_sample_rate:
+        raise InvalidMedia(
+            field, f"the sample rate {rate} Hz is below the minimum of {limits.min_audio_sample_rate} Hz"
+        )
+    if rate > limits.max_audio_sample_rate:
+        raise MediaTooLarge(field, f"the sample rate {rate} Hz is over the limit of {limits.max_audio_sample_rate} Hz")
     if rate != SAMPLE_RATE and kernel_elements(rate, SAMPLE_RATE) > MAX_KERNEL_ELEMENTS:
         raise InvalidMedia(field, f"unsupported sample rate {rate} Hz")
+
+
+def _check_channels(field: str, channels: int, limits: MediaLimits) -> None:
+    if channels > limits.max_audio_channels:
+        raise MediaTooLarge(field, f"audio has {channels} channels, over the limit of {limits.max_audio_channels}")
 
 
 def _sample_budget(limits: MediaLimits) -> int:
     return int(limits.max_audio_seconds * SAMPLE_BUDGET_PER_SECOND)
 
 
+def _check_resampled(field: str, rows: int, frames: int, rate: int, limits: MediaLimits) -> None:
+    """The budget counts what resampling will produce too (the rows kept, at 16 kHz), before it runs."""
+    produced = rows * math.ceil(SAMPLE_RATE * frames / rate)
+    if produced > _sample_budget(limits):
+        raise MediaTooLarge(field, f"audio would resample to {produced} samples, over the budget")
+
+
+def used_channels(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Only what the model uses, before resampling: channel 0 (the fbank's input) and, for the mean
+    each clip subtracts over ALL channels, the sum of the others. Resampling is linear, so resampling
+    that sum equals summing the resampled channels (to float rounding): 2 rows resampled, not C.
+
+    (channels, N) -> (rows, N) and how many original channels each row stands for (None: one each,
+    the rows are the channels: mono and stereo keep the original's exact arithmetic)."""
+    if samples.shape[0] <= 2:
+        return samples, None
+    rows = np.stack([samples[0], samples[1:].sum(axis=0, dtype=np.float32)])
+    return rows, np.array([1.0, samples.shape[0] - 1.0], dtype=np.float32)
+
+
 def _decode_soundfile(data: bytes, fmt: str, field: str, limits: MediaLimits) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            # The header's rate and length, checked before any sample is decoded.
-            _check_rate(field, fmt, f.samplerate)
+            # The header's rate, channels and length, checked before any sample is decoded.
+            _check_rate(field, fmt, f.samplerate, limits)
+            _check_channels(field, f.channels, limits)
             _check_duration(field, f.frames / f.samplerate, limits)
             if f.frames * f.channels > _sample_budget(limits):
                 raise MediaTooLarge(field, f"audio has {f.channels} channels at {f.samplerate} Hz, too much to decode")
+            _check_resampled(field, min(f.channels, 2), f.frames, f.samplerate, limits)
             # int PCM comes back as x / 2**(bits-1), like torchaudio.load; (N, C) -> (C, N).
             samples = f.read(dtype="float32", always_2d=True).T
             return np.ascontiguousarray(samples), int(f.samplerate)
@@ -119,7 +155,8 @@ def _decode_pyav(data: bytes, fmt: str, field: str, limits: MediaLimits) -> tupl
                 if resampler is None:
                     # Float planar at the stream's own layout and rate: no rate conversion in FFmpeg.
                     rate = frame.sample_rate
-                    _check_rate(field, fmt, rate)
+                    _check_rate(field, fmt, rate, limits)
+                    _check_channels(field, frame.layout.nb_channels, limits)
                     resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
                 for out in resampler.resample(frame):
                     chunk = out.to_ndarray()
@@ -146,8 +183,9 @@ def _decode_pyav(data: bytes, fmt: str, field: str, limits: MediaLimits) -> tupl
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
 
 
-def decode_audio(data: bytes, field: str, limits: MediaLimits) -> torch.Tensor:
-    """Sniff the format from the bytes, decode, resample to 16 kHz: float32 (channels, N)."""
+def decode_audio(data: bytes, field: str, limits: MediaLimits) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sniff the format from the bytes, decode, keep the channels the model uses, resample to 16 kHz:
+    float32 (rows, N) and the channels each row stands for (`used_channels`)."""
     if not data:
         raise InvalidMedia(field, "the file is empty")
     fmt = sniff_audio(data)
@@ -161,20 +199,30 @@ def decode_audio(data: bytes, field: str, limits: MediaLimits) -> torch.Tensor:
         raise InvalidMedia(field, f"the {fmt} file has no audio samples")
     if not np.isfinite(samples).all():
         raise InvalidMedia(field, f"the {fmt} audio has NaN or infinite samples")
-    return resample(torch.from_numpy(samples), rate, SAMPLE_RATE)
+    rows, weights = used_channels(samples)
+    _check_resampled(field, rows.shape[0], rows.shape[1], rate, limits)
+    return resample(torch.from_numpy(rows), rate, SAMPLE_RATE), None if weights is None else torch.from_numpy(weights)
 
 
-def waveform2melspec(clip: torch.Tensor) -> torch.Tensor:
-    """(channels, n) float32 -> (1, 128, 204) log-mel. Subtracts the mean IN PLACE, like the original."""
-    clip -= clip.mean()  # over all channels; on a view, so the shared waveform changes too
+def waveform2melspec(clip: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(channels, n) float32 -> (1, 128, 204) log-mel. Subtracts the mean IN PLACE, like the original.
+
+    `weights`: how many original channels each row stands for (`used_channels`); the mean is then
+    over those channels, and each row loses it once per channel it stands for."""
+    if weights is None:
+        clip -= clip.mean()  # over all channels; on a view, so the shared waveform changes too
+    else:
+        mean = clip.sum() / (weights.sum() * clip.size(1))
+        clip -= mean * weights[:, None]
     mel = fbank(clip, NUM_MEL_BINS).T  # channel 0 only; (mel, frames)
     pad = TARGET_LENGTH - mel.size(1)
     mel = torch.nn.functional.pad(mel, (0, pad)) if pad > 0 else mel[:, :TARGET_LENGTH]
     return mel.unsqueeze(0)
 
 
-def preprocess_audio(waveform: torch.Tensor) -> np.ndarray:
-    """16 kHz float32 (channels, N), N >= 400 -> float32 (3, 1, 128, 204). The input is not modified."""
+def preprocess_audio(waveform: torch.Tensor, weights: torch.Tensor | None = None) -> np.ndarray:
+    """16 kHz float32 (channels, N), N >= 400 -> float32 (3, 1, 128, 204). The input is not modified.
+    `weights`: see `waveform2melspec`."""
     if waveform.dim() != 2 or waveform.size(1) < WINDOW_SIZE:
         raise ValueError(f"expected (channels, N >= {WINDOW_SIZE}) audio, got {tuple(waveform.shape)}")
     # A private copy keeps the caller's tensor intact; the clips below must still share it.
@@ -182,7 +230,7 @@ def preprocess_audio(waveform: torch.Tensor) -> np.ndarray:
     mels = []
     for start, end in clip_timepoints(waveform.size(1) / SAMPLE_RATE, CLIPS_PER_VIDEO):
         clip = waveform[:, int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-        mels.append(waveform2melspec(clip))
+        mels.append(waveform2melspec(clip, weights))
     # torchvision's Normalize: float32 mean and std tensors, subtract then divide.
     mean = torch.tensor(MEAN, dtype=torch.float32)
     std = torch.tensor(STD, dtype=torch.float32)
@@ -190,8 +238,8 @@ def preprocess_audio(waveform: torch.Tensor) -> np.ndarray:
 
 
 def load_audio(data: bytes, field: str, limits: MediaLimits) -> np.ndarray:
-    waveform = decode_audio(data, field, limits)
+    waveform, weights = decode_audio(data, field, limits)
     if waveform.size(1) < WINDOW_SIZE:
         got = waveform.size(1)
         raise InvalidMedia(field, f"audio is too short: {got} samples at 16 kHz, at least {WINDOW_SIZE} (25 ms) needed")
-    return preprocess_audio(waveform)
+    return preprocess_audio(waveform, weights)

@@ -38,6 +38,17 @@ def sniff_image(data: bytes) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
+def check_aspect_ratio(field: str, what: str, width: int, height: int, limits: MediaLimits) -> None:
+    """The short side is scaled to 224 before the centre crop: the long side grows by the same factor,
+    so an extreme ratio would cost ratio x 224 x 224 pixels of resizing for 224 x 224 kept."""
+    short, long = min(width, height), max(width, height)
+    if short < 1 or long > limits.max_aspect_ratio * short:
+        raise MediaTooLarge(
+            field,
+            f"{what} is {width}x{height}, an aspect ratio over the limit of {limits.max_aspect_ratio:g}:1",
+        )
+
+
 def decode_image(data: bytes, field: str, limits: MediaLimits, mode: str | None = "RGB") -> Image.Image:
     """Sniff the format from the bytes (never from names or content types), decode fully, convert to `mode`."""
     if not data:
@@ -58,6 +69,7 @@ def decode_image(data: bytes, field: str, limits: MediaLimits, mode: str | None 
                 raise MediaTooLarge(
                     field, f"image is {image.width}x{image.height}, a side over the limit of {limits.max_side}"
                 )
+            check_aspect_ratio(field, "image", image.width, image.height, limits)
             image.load()
             return image.convert(mode) if mode else image
     except Image.DecompressionBombError as exc:

@@ -42,7 +42,11 @@ def load_imu(data: bytes, field: str, limits: MediaLimits) -> np.ndarray:
     if not data:
         raise InvalidMedia(field, "the file is empty")
     max_values = limits.max_imu_samples * CHANNELS
-    array = read_npy(data, field, max_values) if is_npy(data) else read_csv(data, field, limits.max_imu_samples)
+    array = (
+        read_npy(data, field, max_values)
+        if is_npy(data)
+        else read_csv(data, field, limits.max_imu_samples, limits.max_csv_line_bytes)
+    )
     imu = channels_first(array, field)
     if imu.shape[1] == 0:
         raise InvalidMedia(field, "the IMU recording has no samples")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from encoders import image
 from encoders.clips import clip_timepoints
-from encoders.errors import InvalidMedia, MediaTooLarge, UnsupportedMediaType
+from encoders.errors import InvalidMedia, MediaTooCostly, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 
 SIZE = 224
@@ -75,13 +75,39 @@ def _check_frame_size(width: int, height: int, field: str, limits: MediaLimits) 
         raise MediaTooLarge(
             field, f"video frames are {width}x{height} pixels, over the limit of {limits.max_video_pixels}"
         )
+    if width and height:  # 0 x 0: the codec did not say; the decoded frames are checked again
+        image.check_aspect_ratio(field, "a video frame", width, height, limits)
+
+
+class FrameBudget:
+    """Frames decoded to reach one sampled frame, at most `limit`: the cost of a sampled frame is the
+    frames between it and its keyframe (or the previous sampled frame), which the file chooses."""
+
+    def __init__(self, field: str, limit: int) -> None:
+        self.field = field
+        self.limit = limit
+        self.decoded = 0  # in all, for the tests and the message
+
+    def frames(self, frames: Iterator[av.VideoFrame], sampled: int = 1) -> Iterator[av.VideoFrame]:
+        """`frames`, refusing the file once more than `limit` x `sampled` of them were decoded."""
+        for n, frame in enumerate(frames, 1):
+            self.decoded += 1
+            if n > self.limit * sampled:
+                raise MediaTooCostly(
+                    self.field,
+                    f"more than {self.limit} frames must be decoded to reach a sampled frame "
+                    "(keyframes too far apart); stopped decoding",
+                )
+            yield frame
 
 
 class _NeedSequential(Exception):
     """Timestamps cannot locate a wanted frame; decode the whole stream in order instead."""
 
 
-def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tuple[int, list[int] | None, list[int]]:
+def _index(
+    container: av.container.InputContainer, stream: av.VideoStream, field: str, limits: MediaLimits
+) -> tuple[int, list[int] | None, list[int]]:
     """Demux (never decode) the video packets: their count, their pts sorted, and the keyframes' pts.
 
     This is decord's frame numbering: it indexes every packet of the stream and sorts by pts, so frame
@@ -96,6 +122,8 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
         if packet.size == 0 or packet.is_discard:  # the empty packet is demux's end-of-stream marker
             continue
         count += 1
+        if count > limits.max_video_frames:  # demuxing stops here: the count is refused, not counted
+            raise MediaTooLarge(field, f"the video has more than {limits.max_video_frames} frames, over the limit")
         if packet.pts is None or pts is None:
             pts = None
             continue
@@ -105,9 +133,9 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream) -> tu
     return count, sorted(pts) if pts is not None else None, sorted(keys)
 
 
-def _decode_until(frames: Iterator[av.VideoFrame], target: int) -> av.VideoFrame | None:
+def _decode_until(frames: Iterator[av.VideoFrame], target: int, budget: FrameBudget) -> av.VideoFrame | None:
     """Decode forward to the frame shown at `target`; None when the stream passes it or ends."""
-    for frame in frames:
+    for frame in budget.frames(frames):
         if frame.pts is None:
             raise _NeedSequential
         if frame.pts >= target:
@@ -116,7 +144,11 @@ def _decode_until(frames: Iterator[av.VideoFrame], target: int) -> av.VideoFrame
 
 
 def _seek_decode(
-    container: av.container.InputContainer, stream: av.VideoStream, wanted: list[int], keys: list[int]
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    wanted: list[int],
+    keys: list[int],
+    budget: FrameBudget,
 ) -> dict[int, av.VideoFrame]:
     """Decode the frames shown at the `wanted` pts, seeking only when continuing would be slower.
 
@@ -133,25 +165,27 @@ def _seek_decode(
         k = bisect.bisect_right(keys, target)  # keys[:k] are at or before the target
         no_key_between = k == 0 or (last is not None and keys[k - 1] <= last)
         if frames is not None and last is not None and last < target and no_key_between:
-            frame = _decode_until(frames, target)
+            frame = _decode_until(frames, target, budget)
         for key in reversed(keys[max(k - 3, 0) : k]):
             if frame is not None:
                 break
             container.seek(key, stream=stream, backward=True, any_frame=False)
             frames = container.decode(stream)
-            frame = _decode_until(frames, target)
+            frame = _decode_until(frames, target, budget)
         if frame is None:
             raise _NeedSequential
         found[target], last = frame, target
     return found
 
 
-def _sequential_decode(data: bytes, wanted: list[int]) -> dict[int, av.VideoFrame]:
-    """Every frame in presentation order, keeping the wanted indices (the slow, always-right path)."""
+def _sequential_decode(data: bytes, wanted: list[int], budget: FrameBudget) -> dict[int, av.VideoFrame]:
+    """Every frame in presentation order, keeping the wanted indices (the slow, always-right path),
+    within the same budget per sampled frame as the seeking path."""
     keep = set(wanted)
     found: dict[int, av.VideoFrame] = {}
     with av.open(io.BytesIO(data), mode="r", metadata_errors="replace") as container:
-        for i, frame in enumerate(container.decode(container.streams.video[0])):
+        frames = budget.frames(container.decode(container.streams.video[0]), sampled=len(keep))
+        for i, frame in enumerate(frames):
             if i in keep:
                 found[i] = frame
             if len(found) == len(keep):
@@ -160,9 +194,15 @@ def _sequential_decode(data: bytes, wanted: list[int]) -> dict[int, av.VideoFram
 
 
 def sample_frames(
-    data: bytes, field: str, limits: MediaLimits, pick: Callable[[int, float], list[int]] = sampled_indices
+    data: bytes,
+    field: str,
+    limits: MediaLimits,
+    pick: Callable[[int, float], list[int]] = sampled_indices,
+    budget: FrameBudget | None = None,
 ) -> list[np.ndarray]:
-    """RGB uint8 (H, W, 3) frames at the indices `pick(num_frames, fps)` chooses, in that order."""
+    """RGB uint8 (H, W, 3) frames at the indices `pick(num_frames, fps)` chooses, in that order.
+    `budget` (default: `limits.max_video_frames_per_sample`) counts the frames decoded."""
+    budget = budget or FrameBudget(field, limits.max_video_frames_per_sample)
     if not data:
         raise InvalidMedia(field, "the file is empty")
     fmt = sniff_video(data)
@@ -185,7 +225,13 @@ def sample_frames(
             if stream.codec_context is None:  # PyAV opens no decoder for an unknown codec id
                 raise InvalidMedia(field, f"the {fmt} video uses a codec that cannot be decoded")
             _check_frame_size(stream.codec_context.width, stream.codec_context.height, field, limits)
-            num_frames, pts, keys = _index(container, stream)
+            # The declared rate first: a stream declaring thousands of fps is refused before it is indexed.
+            if stream.average_rate and float(stream.average_rate) > limits.max_video_fps:
+                raise MediaTooLarge(
+                    field,
+                    f"video declares {float(stream.average_rate):g} fps, over the limit of {limits.max_video_fps:g}",
+                )
+            num_frames, pts, keys = _index(container, stream, field, limits)
             # decord's fps is the stream's average frame rate; when the container gives none, the
             # rate that spreads the frames over the stated duration is the same quantity.
             rate = stream.average_rate
@@ -197,6 +243,14 @@ def sample_frames(
                 fps = 0.0
             if num_frames == 0 or fps <= 0:
                 raise InvalidMedia(field, f"the {fmt} video has no frames or no duration")
+            # The real rate too: more frames than the declared length allows at the limit.
+            real_fps = num_frames / meta_seconds if meta_seconds else fps
+            if max(fps, real_fps) > limits.max_video_fps:
+                raise MediaTooLarge(
+                    field,
+                    f"video has {num_frames} frames in {num_frames / max(fps, real_fps):.1f} s, "
+                    f"over the limit of {limits.max_video_fps:g} fps",
+                )
             if num_frames / fps > limits.max_video_seconds:
                 raise MediaTooLarge(
                     field, f"video lasts {num_frames / fps:.1f} s, over the limit of {limits.max_video_seconds:g} s"
@@ -210,12 +264,12 @@ def sample_frames(
             try:
                 if pts is None:
                     raise _NeedSequential
-                by_pts = _seek_decode(container, stream, [pts[i] for i in indices], keys)
+                by_pts = _seek_decode(container, stream, [pts[i] for i in indices], keys, budget)
                 frames: list[av.VideoFrame] | None = [by_pts[pts[i]] for i in indices]
             except _NeedSequential:
                 frames = None
         if frames is None:
-            by_index = _sequential_decode(data, indices)
+            by_index = _sequential_decode(data, indices, budget)
             if len(by_index) < len(set(indices)):
                 raise InvalidMedia(field, f"the {fmt} video has fewer decodable frames than packets")
             frames = [by_index[i] for i in indices]

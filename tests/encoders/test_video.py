@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Iterator
 from fractions import Fraction
 
 import av
@@ -23,7 +22,9 @@ from encoders.clips import clip_timepoints
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, UnsupportedMediaType
 from encoders.limits import MediaLimits
 from encoders.video import (
+    FrameBudget,
     load_video,
+    preprocess_frames,
     sample_frames,
     sampled_indices,
     short_side_scale,
@@ -311,23 +312,12 @@ def test_matches_reference(name: str) -> None:
     np.testing.assert_allclose(out, reference(data), rtol=0, atol=1e-5)
 
 
-def test_only_the_needed_frames_are_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    decoded = 0
-    real = video_module._decode_until
-
-    def counting(frames: Iterator[av.VideoFrame], target: int) -> av.VideoFrame | None:
-        def count() -> Iterator[av.VideoFrame]:
-            nonlocal decoded
-            for frame in frames:
-                decoded += 1
-                yield frame
-
-        return real(count(), target)
-
-    monkeypatch.setattr(video_module, "_decode_until", counting)
+def test_only_the_needed_frames_are_decoded() -> None:
+    budget = FrameBudget(FIELD, LIMITS.max_video_frames_per_sample)
     data = case("mp4-h264-landscape-7.3s-30fps-gop10")
-    np.testing.assert_allclose(load_video(data, FIELD, LIMITS), reference(data), rtol=0, atol=1e-5)
-    assert 10 <= decoded <= 219 // 2  # 10 frames wanted, each at most a GOP (10 frames) past its keyframe
+    frames = sample_frames(data, FIELD, LIMITS, budget=budget)
+    np.testing.assert_allclose(preprocess_frames(frames), reference(data), rtol=0, atol=1e-5)
+    assert 10 <= budget.decoded <= 219 // 2  # 10 frames wanted, each at most a GOP (10 frames) past its keyframe
 
 
 @pytest.mark.parametrize("name", ["mp4-h264-landscape-7.3s-30fps-gop10", "webm-vp9-portrait-2s-25fps-opus"])
