@@ -5,17 +5,27 @@ decode (a process pool, off the event loop and the GIL) -> batch (per modality, 
 requests) -> predict (one forward on the device) -> unbatch. A file whose embedding is cached skips
 all of it. Both queues are bounded: when full, `encode` refuses at once (`PoolFull`) instead of
 letting latency grow without bound.
+
+Each decode worker is a process in an executor of its own, running one file at a time under a
+wall-clock deadline (an alarm in the worker, and past a grace the parent kills it) and a memory cap
+(RLIMIT_AS). A worker that dies or overruns fails only the file it held, and is replaced in the
+background; until it is back `check_health` raises `DecodersRebuilding` (/readyz is 503).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
+import os
+import resource
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -24,11 +34,17 @@ import numpy as np
 import torch
 
 from encoders.cache import EmbeddingCache
-from encoders.errors import PoolFull, UnsupportedMediaType
+from encoders.errors import DecoderLost, DecodersRebuilding, MediaTooCostly, PoolFull, UnsupportedMediaType
 from encoders.imagebind import ImageBindModel
 from encoders.limits import MediaLimits
 from encoders.media import MediaInput
 from encoders.modalities import MODALITIES
+
+log = logging.getLogger(__name__)
+
+# Past its deadline a worker's own alarm stops the decode at the next Python instruction; one stuck
+# in a long C call (a codec, a resize) is killed by the parent this much later.
+DEADLINE_GRACE_S = 5.0
 
 
 class PoolObserver(Protocol):
@@ -64,6 +80,9 @@ class Batching:
     decode_workers: int = 2
     max_decode_queue: int = 256  # files being decoded or waiting to be
     max_encode_queue: int = 256  # decoded files waiting for (or in) a forward
+    decode_deadline_s: float = 60.0  # wall clock for one file in a decode worker; 0: none
+    # A decode worker's address space beyond what it holds once started (its libraries mapped); 0: no cap.
+    decode_memory_bytes: int = 4 * 2**30
 
 
 @dataclass
@@ -73,16 +92,60 @@ class _Waiting:
     since: float = field(default_factory=time.monotonic)
 
 
-def _decode(modality: str, data: bytes, field: str, limits: MediaLimits) -> tuple[np.ndarray, float, float]:
+class _DeadlinePassed(BaseException):
+    """Raised in a decode worker by its alarm: a BaseException, so no decoder's `except` keeps it."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _DeadlinePassed
+
+
+def _decode(
+    modality: str, data: bytes, field: str, limits: MediaLimits, deadline_s: float = 0.0
+) -> tuple[np.ndarray, float, float]:
     """Runs in a decode worker process: (array, when it started, seconds it took); monotonic clocks
     are system-wide on Linux, so the parent can tell how long the file queued."""
     started = time.monotonic()
-    array = MODALITIES[modality].load(data, field, limits)
+    try:
+        if deadline_s:
+            signal.setitimer(signal.ITIMER_REAL, deadline_s)
+        try:
+            array = MODALITIES[modality].load(data, field, limits)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _DeadlinePassed:
+        raise MediaTooCostly(field, f"decoding took longer than the limit of {deadline_s:g} s; stopped") from None
+    except MemoryError:
+        raise MediaTooCostly(field, "decoding needs more memory than a decode worker may use") from None
     return array, started, time.monotonic() - started
 
 
-def _init_decode_worker() -> None:
+def _address_space() -> int | None:
+    """This process's virtual size in bytes (Linux); None where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _init_decode_worker(memory_bytes: int = 0) -> None:
     torch.set_num_threads(1)  # one file per worker process; the workers, not torch, use the cores
+    signal.signal(signal.SIGALRM, _on_alarm)
+    base = _address_space() if memory_bytes else None
+    if base is not None:
+        # On top of what the worker maps once its imports are done (torch, PyAV: it varies by
+        # platform). Over it an allocation fails: MemoryError, the file's own 413, not the machine's OOM.
+        resource.setrlimit(resource.RLIMIT_AS, (base + memory_bytes, base + memory_bytes))
+
+
+@dataclass
+class _Worker:
+    """One decode worker process in an executor of its own, so its death fails only its own file."""
+
+    executor: ProcessPoolExecutor
+    pid: int
+    field: str | None = None  # the file it decodes now
 
 
 class EncoderPool:
@@ -105,12 +168,11 @@ class EncoderPool:
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
         self.observer = observer or Unobserved()
-        # spawn, not fork: the parent holds threads (torch, the event loop, vLLM's client).
-        self._decoders = ProcessPoolExecutor(
-            self.batching.decode_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_decode_worker,
-        )
+        self._workers: list[_Worker] = []
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._spawning: set[asyncio.Task[None]] = set()  # workers starting or being replaced
+        self._started = False
+        self._closed = False
         self._queues: dict[str, deque[_Waiting]] = {m: deque() for m in self.modalities}
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -119,10 +181,59 @@ class EncoderPool:
 
     async def start(self) -> None:
         """Start the decode workers now: each imports torch and the decoders (seconds), which should
-        not be the first request's time."""
-        loop = asyncio.get_running_loop()
-        workers = self.batching.decode_workers
-        await asyncio.gather(*(loop.run_in_executor(self._decoders, _init_decode_worker) for _ in range(workers)))
+        not be the first request's time. Without it they start with the first file."""
+        self._start_workers()
+        await asyncio.gather(*list(self._spawning))
+
+    def _start_workers(self) -> None:
+        if not self._started:
+            self._started = True
+            for _ in range(self.batching.decode_workers):
+                self._spawn()
+
+    def _spawn(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._start_worker())
+        self._spawning.add(task)
+        task.add_done_callback(self._spawning.discard)
+
+    async def _start_worker(self) -> None:
+        """A new worker, put in the idle queue once it answers; retried while it cannot start."""
+        while not self._closed:
+            # spawn, not fork: the parent holds threads (torch, the event loop, vLLM's client).
+            executor = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_decode_worker,
+                initargs=(self.batching.decode_memory_bytes,),
+            )
+            try:
+                pid = await asyncio.wrap_future(executor.submit(os.getpid))
+            except asyncio.CancelledError:  # the pool closes
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
+            except Exception:
+                log.exception("a decode worker failed to start; retrying")
+                executor.shutdown(wait=False, cancel_futures=True)
+                await asyncio.sleep(1)
+                continue
+            worker = _Worker(executor, pid)
+            self._workers.append(worker)
+            self._idle.put_nowait(worker)
+            return
+
+    def _replace(self, worker: _Worker, kill: bool = False) -> None:
+        """Retire a dead or (`kill`: killed first) overrunning worker and start another in the background."""
+        if kill:  # alive: its executor has not seen it die, so the pid is still its process's
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+        worker.executor.shutdown(wait=False, cancel_futures=True)
+        self._workers.remove(worker)
+        if not self._closed:
+            self._spawn()
+
+    def busy_decode_workers(self) -> dict[str, int]:
+        """The field each busy decode worker decodes -> its process id (operators, tests)."""
+        return {w.field: w.pid for w in self._workers if w.field is not None}
 
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         """Embeddings (out_dim,) in the order of `items`; the first bad file (in order) raises its MediaError."""
@@ -164,9 +275,7 @@ class EncoderPool:
             if self.cache and (hit := await self.cache.get(key)) is not None:
                 return hit
             submitted = time.monotonic()
-            array, started, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._decoders, _decode, item.modality, item.data, item.field, self.limits
-            )
+            array, started, seconds = await self._decode_in_worker(item)
             self.observer.queued("decode", started - submitted)
             self.observer.decoded(item.modality, seconds)
         finally:
@@ -175,6 +284,38 @@ class EncoderPool:
         if self.cache:
             await self.cache.put(key, embedding)
         return embedding
+
+    async def _decode_in_worker(self, item: MediaInput) -> tuple[np.ndarray, float, float]:
+        self._start_workers()
+        worker = await self._idle.get()
+        # The job owns the worker until the decode ends however it ends: a request that goes away
+        # does not cut the deadline short or hand back a worker that is still busy.
+        job = asyncio.ensure_future(self._run(worker, item))
+        job.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, if no one awaits
+        return await asyncio.shield(job)
+
+    async def _run(self, worker: _Worker, item: MediaInput) -> tuple[np.ndarray, float, float]:
+        deadline = self.batching.decode_deadline_s
+        worker.field = item.field
+        try:
+            future = worker.executor.submit(_decode, item.modality, item.data, item.field, self.limits, deadline)
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), deadline + DEADLINE_GRACE_S if deadline else None
+            )
+        except TimeoutError:
+            self._replace(worker, kill=True)  # stuck past its own alarm, in C code
+            raise MediaTooCostly(
+                item.field, f"decoding took longer than the limit of {deadline:g} s; the decoder was stopped"
+            ) from None
+        except _DeadlinePassed:  # the alarm rang as the decode returned: the worker is fine
+            raise MediaTooCostly(item.field, f"decoding took longer than the limit of {deadline:g} s") from None
+        except BrokenProcessPool:
+            self._replace(worker)
+            raise DecoderLost(item.field, "the decode worker stopped while decoding this file; retry") from None
+        finally:
+            worker.field = None
+            if worker in self._workers:
+                self._idle.put_nowait(worker)
 
     async def _forward_in_batch(self, modality: str, array: np.ndarray) -> torch.Tensor:
         waiting = _Waiting(array, asyncio.get_running_loop().create_future())
@@ -232,14 +373,21 @@ class EncoderPool:
         return self.model({branch: x})[branch].float().cpu()
 
     async def check_health(self) -> None:
-        return None
+        if self._closed:
+            raise DecodersRebuilding("the encoder pool is closed")
+        if self._started and self._spawning:
+            raise DecodersRebuilding(f"{len(self._spawning)} decode worker(s) starting or being replaced")
 
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        self._decoders.shutdown(cancel_futures=True)
+        self._closed = True
+        for task in list(self._spawning):
+            task.cancel()
+        for worker in list(self._workers):
+            worker.executor.shutdown(cancel_futures=True)
 
 
 def _settle(future: asyncio.Future[torch.Tensor], result: torch.Tensor | Exception) -> None:
