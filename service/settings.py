@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     encoder_gpu_dtype: Literal["float16", "bfloat16"] = "float16"  # ImageBind on a GPU; fp32 on CPU
     max_decode_queue: int = Field(default=256, gt=0, description="files decoding or waiting to; more: 503")
     max_encode_queue: int = Field(default=256, gt=0, description="decoded files waiting for ImageBind; more: 503")
+    # Every decode runs under these in its worker process: past them the file fails alone (413) and
+    # the worker goes on, or (stuck, killed) is replaced.
+    decode_deadline_s: float = Field(default=60.0, ge=0, description="wall clock per file decoded; 0: none")
+    decode_memory_bytes: int = Field(
+        default=4 * 2**30, ge=0, description="a decode worker's memory beyond its own at start (RLIMIT_AS); 0: none"
+    )
     # Embedding cache: in-process LRU, in front of Redis (when REDIS_URL is set) shared by replicas.
     embedding_cache_bytes: int = Field(default=256 * 2**20, ge=0)
     embedding_cache_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
@@ -70,10 +76,22 @@ class Settings(BaseSettings):
     max_files_per_modality: int = Field(default=4, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="image, thermal, depth: width x height")
     max_image_side: int = Field(default=16_384, gt=0)
+    max_image_aspect_ratio: float = Field(
+        default=50.0, ge=1, description="image, thermal, depth, video frames: long side / short side"
+    )
     max_audio_seconds: float = Field(default=600.0, gt=0)
+    max_audio_channels: int = Field(default=16, gt=0)
+    min_audio_sample_rate: int = Field(default=4_000, gt=0, description="Hz")
+    max_audio_sample_rate: int = Field(default=384_000, gt=0, description="Hz")
     max_video_seconds: float = Field(default=600.0, gt=0)
     max_video_pixels: int = Field(default=4096 * 2160, gt=0, description="one video frame: width x height")
+    max_video_frames: int = Field(default=60_000, gt=0, description="frames in the video stream")
+    max_video_fps: float = Field(default=240.0, gt=0, description="declared and real frame rate")
+    max_video_frames_per_sample: int = Field(
+        default=1_000, gt=0, description="frames decoded to reach one sampled frame (keyframe distance)"
+    )
     max_imu_samples: int = Field(default=100_000, gt=0)
+    max_csv_line_bytes: int = Field(default=4_096, gt=0, description="one line of an IMU CSV")
     max_message_chars: int = Field(default=16_000, gt=0)
 
     # OpenAI-compatible API (/v1). The model name clients send; default: the bundle directory's name.
@@ -90,6 +108,8 @@ class Settings(BaseSettings):
             decode_workers=self.decode_workers,
             max_decode_queue=self.max_decode_queue,
             max_encode_queue=self.max_encode_queue,
+            decode_deadline_s=self.decode_deadline_s,
+            decode_memory_bytes=self.decode_memory_bytes,
         )
 
     def turn_limits(self) -> TurnLimits:
@@ -99,8 +119,16 @@ class Settings(BaseSettings):
         return MediaLimits(
             max_pixels=self.max_image_pixels,
             max_side=self.max_image_side,
+            max_aspect_ratio=self.max_image_aspect_ratio,
             max_audio_seconds=self.max_audio_seconds,
+            max_audio_channels=self.max_audio_channels,
+            min_audio_sample_rate=self.min_audio_sample_rate,
+            max_audio_sample_rate=self.max_audio_sample_rate,
             max_video_seconds=self.max_video_seconds,
             max_video_pixels=self.max_video_pixels,
+            max_video_frames=self.max_video_frames,
+            max_video_fps=self.max_video_fps,
+            max_video_frames_per_sample=self.max_video_frames_per_sample,
             max_imu_samples=self.max_imu_samples,
+            max_csv_line_bytes=self.max_csv_line_bytes,
         )

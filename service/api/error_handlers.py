@@ -13,7 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, PoolFull, UnsupportedMediaType
+from encoders.errors import (
+    DecoderLost,
+    DecodersRebuilding,
+    InvalidMedia,
+    MediaError,
+    MediaTooLarge,
+    PoolFull,
+    UnsupportedMediaType,
+)
 from service.errors import (
     BadRequest,
     Conflict,
@@ -36,13 +44,15 @@ TABLE: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, "not_found_error"),
     (Conflict, 409, "conflict_error"),
     (Unprocessable, 422, "unprocessable_entity_error"),
-    (MediaTooLarge, 413, "payload_too_large_error"),
+    (MediaTooLarge, 413, "payload_too_large_error"),  # MediaTooCostly too: over a decode's cost bound
     (UnsupportedMediaType, 415, "unsupported_media_type_error"),
     (InvalidMedia, 422, "invalid_media_error"),
     (TooManyRequests, 429, "rate_limit_error"),
     (NotReady, 503, "service_unavailable_error"),
     (Overloaded, 503, "overloaded_error"),
     (PoolFull, 503, "overloaded_error"),
+    (DecoderLost, 503, "service_unavailable_error"),  # names the file: its decode worker died
+    (DecodersRebuilding, 503, "service_unavailable_error"),
     (EngineFailed, 503, "engine_error"),
 ]
 
@@ -81,7 +91,7 @@ def error_body(exc: Exception) -> tuple[int, dict]:
 def error_response(exc: Exception) -> JSONResponse:
     status, body = error_body(exc)
     headers = {}
-    if isinstance(exc, TooManyRequests | Overloaded | PoolFull):
+    if isinstance(exc, TooManyRequests | Overloaded | PoolFull | DecoderLost | DecodersRebuilding):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
@@ -115,6 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _domain_error)
     app.add_exception_handler(MediaError, _domain_error)
     app.add_exception_handler(PoolFull, _domain_error)
+    app.add_exception_handler(DecodersRebuilding, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
