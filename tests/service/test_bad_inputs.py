@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from fractions import Fraction
 
 import httpx
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from service.core.session_store import KEY_PREFIX
 from tests.conftest import AUTH, SERVER_LIMITS
+from tests.encoders.test_video import make_video
 from tests.media import depth_png16, imu_npy, picture, video, wav
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +38,18 @@ def wav_samples(n: int, rate: int = 16_000) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(n, np.float32), rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def wav_channels(channels: int, rate: int, frames: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((frames, channels), np.float32), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def one_keyframe_video(fps: int, seconds: float) -> bytes:
+    """One keyframe, then thousands of predicted frames: each sampled frame lies hundreds of frames
+    past the previous one, over the server's PANDASERVE_MAX_VIDEO_FRAMES_PER_SAMPLE."""
+    return make_video("mp4", "libx264", 64, 48, Fraction(fps), int(fps * seconds), None, 100_000)
 
 
 def csv_rows(rows: int) -> bytes:
@@ -89,6 +103,16 @@ CORPUS: dict[str, tuple[str, Callable[[], bytes], int, str]] = {
     "video-corrupt-webm": ("video", lambda: b"\x1a\x45\xdf\xa3" + bytes(300), 422, ""),
     "video-too-long": ("video", lambda: video(3, 21.0, fps=2, size=(64, 48)), 413, ""),
     "video-frame-too-large": ("video", lambda: video(4, 0.5, fps=2, size=(1296, 736)), 413, ""),
+    # Resource bombs within every size limit (issue 14): refused before the costly work.
+    "image-aspect-bomb": ("image", lambda: png((1, 2048)), 413, "aspect ratio"),
+    "thermal-aspect-bomb": ("thermal", lambda: png((2048, 1), "L"), 413, "aspect ratio"),
+    "depth-aspect-bomb": ("depth", lambda: npy(np.ones((2, 2048), np.float32)), 413, "aspect ratio"),
+    "audio-1024-channels-at-32-hz": ("audio", lambda: wav_channels(1024, 32, 64), 422, "below the minimum"),
+    "audio-too-many-channels": ("audio", lambda: wav_channels(32, 16_000, 1600), 413, "channels"),
+    "imu-one-long-row": ("imu", lambda: ",".join(["1.5"] * 2**20).encode(), 413, "a line of"),
+    "video-aspect-bomb": ("video", lambda: video(5, 1.0, fps=2, size=(16, 2048)), 413, "aspect ratio"),
+    "video-declared-fps-bomb": ("video", lambda: video(6, 0.1, fps=1000, size=(64, 48)), 413, "fps"),
+    "video-one-keyframe-bomb": ("video", lambda: one_keyframe_video(240, 19.0), 413, "frames must be decoded"),
 }
 assert len(CORPUS) >= 40
 
