@@ -96,7 +96,17 @@ class _DeadlinePassed(BaseException):
     """Raised in a decode worker by its alarm: a BaseException, so no decoder's `except` keeps it."""
 
 
+class _Alarm:
+    rang = False  # during this decode; a decode worker runs one at a time
+    repeat_s = 0.05
+
+
 def _on_alarm(signum: int, frame: object) -> None:
+    # An exception raised inside a C library's callback into Python (soundfile's reads through cffi)
+    # is printed and dropped, and the library goes on with what the callback returned: so the alarm
+    # rings again until one lands in our code, and a decode it rang in never counts as done.
+    _Alarm.rang = True
+    signal.setitimer(signal.ITIMER_REAL, _Alarm.repeat_s)
     raise _DeadlinePassed
 
 
@@ -106,6 +116,7 @@ def _decode(
     """Runs in a decode worker process: (array, when it started, seconds it took); monotonic clocks
     are system-wide on Linux, so the parent can tell how long the file queued."""
     started = time.monotonic()
+    _Alarm.rang = False
     try:
         if deadline_s:
             signal.setitimer(signal.ITIMER_REAL, deadline_s)
@@ -113,6 +124,8 @@ def _decode(
             array = MODALITIES[modality].load(data, field, limits)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        if _Alarm.rang:  # it rang where it was dropped: the result may rest on a cut-short read
+            raise _DeadlinePassed
     except _DeadlinePassed:
         raise MediaTooCostly(field, f"decoding took longer than the limit of {deadline_s:g} s; stopped") from None
     except MemoryError:
