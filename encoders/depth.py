@@ -16,7 +16,7 @@ from PIL import Image
 
 from encoders.arrays import is_npy, read_npy
 from encoders.errors import InvalidMedia, MediaTooLarge
-from encoders.image import check_aspect_ratio, decode_image, resize_and_crop
+from encoders.image import decode_image, resize_and_crop
 from encoders.limits import MediaLimits
 
 MILLIMETRES_PER_METRE = 1000.0
@@ -38,7 +38,6 @@ def depth_array(data: bytes, field: str, limits: MediaLimits) -> np.ndarray:
             raise InvalidMedia(field, f"a depth array must be 2-D (H, W), got shape {array.shape}")
         if max(array.shape) > limits.max_side:
             raise MediaTooLarge(field, f"the depth map is {array.shape}, a side over the limit of {limits.max_side}")
-        check_aspect_ratio(field, "the depth map", array.shape[1], array.shape[0], limits)
         scale = MILLIMETRES_PER_METRE if np.issubdtype(array.dtype, np.integer) else 1.0
         return disparity_from_depth(array.astype(np.float64) / scale)
     image = decode_image(data, field, limits, mode=None)

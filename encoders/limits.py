@@ -13,8 +13,9 @@ from dataclasses import dataclass
 class MediaLimits:
     max_pixels: int = 40_000_000  # image/thermal/depth: width x height, checked from the header
     max_side: int = 16_384  # image/thermal/depth: longest side in pixels
-    # image/thermal/depth and video frames: long side / short side. The short side is scaled to 224
-    # before the centre crop, so a 1 x 2048 image would become 224 x 458,752 pixels first.
+    # Video frames: long side / short side. The short side is scaled to 224 before the crops, so a
+    # 16 x 2048 frame would become 224 x 28,672 pixels first. (Images need no such limit: they are
+    # cropped first, see image.resize_and_crop.)
     max_aspect_ratio: float = 50.0
     max_audio_seconds: float = 600.0
     max_audio_channels: int = 16

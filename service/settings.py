@@ -76,15 +76,13 @@ class Settings(BaseSettings):
     max_files_per_modality: int = Field(default=4, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="image, thermal, depth: width x height")
     max_image_side: int = Field(default=16_384, gt=0)
-    max_image_aspect_ratio: float = Field(
-        default=50.0, ge=1, description="image, thermal, depth, video frames: long side / short side"
-    )
     max_audio_seconds: float = Field(default=600.0, gt=0)
     max_audio_channels: int = Field(default=16, gt=0)
     min_audio_sample_rate: int = Field(default=4_000, gt=0, description="Hz")
     max_audio_sample_rate: int = Field(default=384_000, gt=0, description="Hz")
     max_video_seconds: float = Field(default=600.0, gt=0)
     max_video_pixels: int = Field(default=4096 * 2160, gt=0, description="one video frame: width x height")
+    max_video_aspect_ratio: float = Field(default=50.0, ge=1, description="video frames: long side / short side")
     max_video_frames: int = Field(default=60_000, gt=0, description="frames in the video stream")
     max_video_fps: float = Field(default=240.0, gt=0, description="declared and real frame rate")
     max_video_frames_per_sample: int = Field(
@@ -119,7 +117,7 @@ class Settings(BaseSettings):
         return MediaLimits(
             max_pixels=self.max_image_pixels,
             max_side=self.max_image_side,
-            max_aspect_ratio=self.max_image_aspect_ratio,
+            max_aspect_ratio=self.max_video_aspect_ratio,
             max_audio_seconds=self.max_audio_seconds,
             max_audio_channels=self.max_audio_channels,
             min_audio_sample_rate=self.min_audio_sample_rate,

@@ -18,7 +18,7 @@ import encoders.video as video_module
 from encoders.audio import load_audio
 from encoders.depth import load_depth
 from encoders.errors import InvalidMedia, MediaTooCostly, MediaTooLarge
-from encoders.image import load_image, load_thermal
+from encoders.image import load_image, load_thermal, resize_and_crop
 from encoders.imu import load_imu
 from encoders.limits import MediaLimits
 from encoders.video import FrameBudget, load_video, sample_frames
@@ -48,30 +48,62 @@ def npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# --- images: the short side goes to 224 first, so the long side grows by the same factor -------------
+# --- images: the short side goes to 224 first, so the original scaled a 1 x 2048 image to 224 x 458,752 --
+
+
+@pytest.fixture
+def resized(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow's resize makes."""
+    sizes: list[tuple[int, int]] = []
+    real = Image.Image.resize
+
+    def recording(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        sizes.append(tuple(size))  # type: ignore[arg-type]
+        return real(self, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    return sizes
 
 
 @pytest.mark.parametrize(
-    ("load", "data"),
+    ("load", "data", "source"),
     [
-        (load_image, png((1, 2048))),  # would be 224 x 458,752 before the crop
-        (load_image, png((16_384, 1))),
-        (load_thermal, png((2048, 1), "L")),
-        (load_depth, png((1, 2048), "I;16")),
-        (load_depth, npy(np.ones((2, 2048), np.float32))),
+        (load_image, png((1, 2048)), (1, 2048)),
+        (load_image, png((16_384, 3)), (16_384, 3)),
+        (load_image, png((600, 6000)), (600, 6000)),  # both axes shrink: Pillow's rows-first order
+        (load_thermal, png((2048, 1), "L"), (2048, 1)),
+        (load_depth, png((1, 2048), "I;16"), (1, 2048)),
+        (load_depth, npy(np.ones((2, 2048), np.float32)), (2048, 2)),
     ],
-    ids=["image-1x2048", "image-16384x1", "thermal-2048x1", "depth-png16-1x2048", "depth-npy-2x2048"],
+    ids=["image-1x2048", "image-16384x3", "image-600x6000", "thermal-2048x1", "depth-png16-1x2048", "npy-2x2048"],
 )
-def test_an_extreme_aspect_ratio_is_refused_before_decoding(load, data: bytes) -> None:  # noqa: ANN001
-    with pytest.raises(MediaTooLarge, match=r"^f\[0\]: .* an aspect ratio over the limit of 50:1"):
-        load(data, "f[0]", LIMITS)
+def test_an_extreme_aspect_ratio_is_cropped_before_it_is_resized(
+    load, data: bytes, source: tuple[int, int], resized: list[tuple[int, int]]
+) -> None:  # noqa: ANN001
+    out = load(data, "f[0]", LIMITS)
+    assert out.shape[-2:] == (224, 224)
+    # Nothing larger than the source's long side x 224 is made (the original made 224 x 224 x ratio).
+    assert max(w * h for w, h in resized) <= 224 * max(source)
 
 
-def test_the_aspect_ratio_limit_is_a_setting_and_ordinary_images_keep_their_values() -> None:
-    data = png((10, 500))  # 50:1, at the limit: served, exactly as the original's resize + crop
+@pytest.mark.parametrize(
+    "size", [(1, 512), (512, 1), (3, 1000), (1000, 3), (300, 4000), (4000, 300), (225, 901), (901, 225)]
+)
+@pytest.mark.parametrize("mode", ["RGB", "L", "F"])
+def test_cropping_first_gives_the_original_resize_then_crop_bit_for_bit(size: tuple[int, int], mode: str) -> None:
+    w, h = size
+    rng = np.random.default_rng(w * h)
+    if mode == "F":
+        image = Image.fromarray((rng.random((h, w)) * 3).astype(np.float32))
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8))
+    original = np.asarray(resize_and_crop(image, crop_first_over=float("inf")))  # resize all, then crop
+    np.testing.assert_array_equal(np.asarray(resize_and_crop(image)), original)
+
+
+def test_a_long_image_matches_the_reference() -> None:
+    data = png((2, 700))  # the test_image reference: torchvision's Resize + CenterCrop spelled out
     np.testing.assert_allclose(load_image(data, "image[0]", LIMITS), image_reference(data), rtol=0, atol=1e-6)
-    with pytest.raises(MediaTooLarge, match="aspect ratio over the limit of 20:1"):
-        load_image(data, "image[0]", MediaLimits(max_aspect_ratio=20))
 
 
 # --- audio: only the channels the model uses are resampled; channels and rate are bounded --------------
