@@ -37,6 +37,11 @@ def test_kubernetes_validate_strict(tools: Tools, rendered: dict[str, Rendered])
         # The only kinds it has no schema for are the Prometheus Operator's, checked below.
         unknown = set(re.findall(r"Couldn't find schema for kind (\S+) with api version (\S+)", proc.stdout))
         assert unknown == OPERATOR_KINDS, output(proc)
+    # The helpers beside the overlays (the bundle loader pod) are plain Kubernetes objects too.
+    helpers = sorted((REPO / "deploy" / "k8s" / "tools").glob("*.yaml"))
+    assert helpers
+    proc = tools.run("kubernetes-validate", "--strict", "--quiet", *helpers)
+    assert proc.returncode == 0 and "WARN" not in proc.stdout, output(proc)
 
 
 def test_kubernetes_validate_rejects_an_unknown_field(
