@@ -132,6 +132,15 @@ def test_compose_config(tools: Tools, tmp_path: Path) -> None:
         proc = compose(tools, *flags, "config", "--format", "json")
         assert proc.returncode == 0, f"{files}: {output(proc)}"
         model = json.loads(proc.stdout)
+        for name, service in model["services"].items():
+            if service["image"].startswith("pandaserve"):  # ours: built here, never pulled
+                assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile", name
+        if "deploy/compose/gpu.yml" in files:
+            engine = model["services"]["engine"]
+            assert engine["image"].startswith("vllm/vllm-openai:") and "build" not in engine
+            for name in ("engine", "encoder"):
+                devices = model["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+                assert devices[0]["capabilities"] == ["gpu"], name
         assert {"redis", "engine", "router", "encoder", "api-1", "api-2", "prometheus", "grafana"} <= set(
             model["services"]
         )
