@@ -216,3 +216,16 @@ def test_compose_topology() -> None:
     assert compose["networks"]["backend"]["internal"] is True
     for name in ("engine", "router", "encoder", "redis"):
         assert services[name]["networks"] == ["backend"], name
+
+
+def test_only_the_router_talks_to_the_kubernetes_api(rendered: dict[str, Rendered]) -> None:
+    """Service discovery needs the router's token and a read-only Role on pods; no other pod mounts one."""
+    for r in rendered.values():
+        for w in workloads(r):
+            mounted = pod_spec(w).get("automountServiceAccountToken")
+            assert mounted is (w["metadata"]["name"] == "router"), w["metadata"]["name"]
+        role = r.get("Role", "router-discovery")
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+        subjects = r.get("RoleBinding", "router-discovery")["subjects"]
+        assert subjects == [{"kind": "ServiceAccount", "name": "router", "namespace": "pandaserve"}]
+        assert not r.of_kind("ClusterRole") and not r.of_kind("ClusterRoleBinding")
