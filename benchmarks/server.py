@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +82,11 @@ def serve(
 
 
 @contextmanager
-def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterator[Server]:
+def stock_engine(
+    bundle: Path, log_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
     """The stock vLLM OpenAI server for `bundle`, started with the command `pandaserve engine command`
-    prints, ready (/health 200); stopped on exit. In a process group of its own: vLLM's engine core
+    prints (and `extra_args`), ready (/health 200); stopped on exit. In a process group of its own: vLLM's engine core
     runs in children, and a test that kills the engine kills them all (`os.killpg`)."""
     port = port or free_port()
     printed = subprocess.run(
@@ -96,7 +98,7 @@ def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterat
     ).stdout
     words = shlex.split(printed)
     assignments = list(itertools.takewhile(lambda w: "=" in w and not w.startswith("-"), words))
-    cmd = [sys.executable, *words[len(assignments) + 1 :]]  # this Python for the printed `python3`
+    cmd = [sys.executable, *words[len(assignments) + 1 :], *extra_args]  # this Python for the printed `python3`
     env = {**os.environ, **dict(a.split("=", 1) for a in assignments)}
     log = log_dir / f"engine-{port}.log"
     with log.open("ab") as out:
