@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from service.core.session_store import Session
+
+# Sampling parameters, bounded to what the engine accepts (vLLM's SamplingParams, a 64-bit seed):
+# out of range is the caller's 422 naming the field, never a request the engine fails on. top_k's
+# upper bound is the vocabulary, checked by the chat core.
+MaxTokens = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+TopK = Annotated[int, Field(ge=-1, le=2**31 - 1, description="top-k sampling (-1: off)")]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class Usage(BaseModel):

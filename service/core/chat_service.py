@@ -138,6 +138,9 @@ class ChatService:
             )
         if max_tokens < 1:
             raise BadRequest(f"the prompt ({prompt_tokens} tokens) fills the context", param="message")
+        vocab = self.prompts.vocab_size
+        if request.top_k is not None and request.top_k > vocab:
+            raise BadRequest(f"top_k is {request.top_k} but the vocabulary has {vocab} tokens", param="top_k")
         return Sampling(
             max_tokens=max_tokens,
             temperature=d.temperature if request.temperature is None else request.temperature,

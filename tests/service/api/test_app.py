@@ -97,3 +97,37 @@ async def test_v1_chat_completions_over_the_real_core(demo_bundle: Path, sp: spm
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert (choice["message"]["content"], choice["finish_reason"]) == ("Two blue circles.", "stop")
+
+
+# Numbers the engine would fail on (finding of issue 14: 500s or dropped connections).
+OUT_OF_RANGE = [
+    ("temperature", "3"),
+    ("temperature", "inf"),
+    ("temperature", "nan"),
+    ("top_p", "0"),
+    ("top_p", "nan"),
+    ("top_k", "-2"),
+    ("top_k", str(2**64)),
+    ("top_k", "100000"),  # beyond the vocabulary
+    ("seed", str(2**63)),
+    ("seed", str(-(2**63) - 1)),
+    ("max_tokens", str(2**64)),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), OUT_OF_RANGE)
+async def test_out_of_range_sampling_numbers_are_the_callers_error(demo_bundle: Path, field: str, value: str) -> None:
+    engine = ScriptedEngine([[5], [2]])
+    auth = {"Authorization": f"Bearer {KEY}"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    v1 = {"model": "demo", "messages": [{"role": "user", "content": [image, {"type": "text", "text": "What?"}]}]}
+    number = json.loads(value) if value not in ("inf", "nan") else float(value)
+    async with client(demo_bundle, engine) as c:
+        form = await c.post("/chat", data={"message": "Hi", field: value}, files={"image": ("a", b"x")}, headers=auth)
+        # JSON has no inf/nan: Python's encoder writes the bare words, which the server must refuse too.
+        as_json = auth | {"content-type": "application/json"}
+        openai = await c.post("/v1/chat/completions", content=json.dumps(v1 | {field: number}), headers=as_json)
+    for r in (form, openai):
+        assert r.status_code in (400, 422), r.text
+        assert r.json()["error"]["param"] == field, r.text
+    assert engine.prompts == []  # nothing reached the engine
