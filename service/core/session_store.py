@@ -41,6 +41,10 @@ Float32Tensor = Annotated[
 ]
 
 
+# What `Session.new` makes; the edge refuses anything else before it can reach a store key.
+SESSION_ID_PATTERN = r"^sess_[0-9a-f]{32}$"
+
+
 class MediaRecord(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -78,7 +82,10 @@ class Session(BaseModel):
     @classmethod
     def new(cls, tenant: str | None, metadata: dict[str, str] | None = None) -> Session:
         return cls(
-            session_id=f"sess_{uuid.uuid4().hex}", created_at=time.time(), tenant=tenant, metadata=metadata or {}
+            session_id=f"sess_{uuid.uuid4().hex}",  # SESSION_ID_PATTERN
+            created_at=time.time(),
+            tenant=tenant,
+            metadata=metadata or {},
         )
 
     def media(self) -> list[MediaRecord]:

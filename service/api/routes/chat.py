@@ -10,7 +10,17 @@ from fastapi import APIRouter, Form
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import ChatDep, LimitsDep, TenantDep
-from service.api.schemas import ChatResponse, ErrorResponse, MaxTokens, Seed, Temperature, TopK, TopP, Usage
+from service.api.schemas import (
+    ChatResponse,
+    ErrorResponse,
+    MaxTokens,
+    Seed,
+    SessionId,
+    Temperature,
+    TopK,
+    TopP,
+    Usage,
+)
 from service.api.sse import sse, sse_error
 from service.api.uploads import MediaUploads
 from service.core.chat_service import SamplingRequest, TurnEvent, TurnResult, final_result
@@ -62,7 +72,7 @@ async def chat(
     limits: LimitsDep,
     media: MediaUploads,
     message: Annotated[str, Form(description="The user's text for this turn")],
-    session_id: Annotated[str | None, Form(description="Continue this session; omit to start one")] = None,
+    session_id: Annotated[SessionId | None, Form(description="Continue this session; omit to start one")] = None,
     max_tokens: Annotated[MaxTokens | None, Form()] = None,
     temperature: Annotated[Temperature | None, Form()] = None,
     top_p: Annotated[TopP | None, Form()] = None,

@@ -58,7 +58,7 @@ async def test_a_bad_key_is_refused_before_the_body_is_read(demo_bundle: Path, h
 async def test_over_the_rate_is_refused_before_the_body_is_read(demo_bundle: Path) -> None:
     async with client(demo_bundle, ScriptedEngine([[5]]), rpm=1) as c:
         auth = {"Authorization": f"Bearer {KEY}"}
-        assert (await c.get("/sessions/sess_none", headers=auth)).status_code == 404
+        assert (await c.get("/sessions/sess_" + "0" * 32, headers=auth)).status_code == 404
         upload = Upload()
         headers = auth | {"content-type": "multipart/form-data; boundary=b", "content-length": str(BODY)}
         r = await c.post("/chat", content=upload, headers=headers)
@@ -131,3 +131,29 @@ async def test_out_of_range_sampling_numbers_are_the_callers_error(demo_bundle: 
         assert r.status_code in (400, 422), r.text
         assert r.json()["error"]["param"] == field, r.text
     assert engine.prompts == []  # nothing reached the engine
+
+
+@pytest.mark.parametrize("sid", ["sess_x:lock", "sess_nope", "sess_ x", "sess_" + "0" * 31 + "g", "x" * 10_000])
+async def test_a_malformed_session_id_is_422_on_every_route(demo_bundle: Path, sid: str) -> None:
+    """Before, ids went into store keys as sent: `<id>:lock` read the lock's key (500) and stretched it."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with client(demo_bundle, ScriptedEngine([[5], [2]])) as c:
+        answers = [
+            await c.get(f"/sessions/{sid}", headers=auth),
+            await c.delete(f"/sessions/{sid}", headers=auth),
+            await c.post("/chat", data={"message": "Hi", "session_id": sid}, headers=auth),
+        ]
+    for r in answers:
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == "session_id"
+
+
+async def test_session_metadata_is_bounded(demo_bundle: Path) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with client(demo_bundle, ScriptedEngine([[5]])) as c:
+        fine = await c.post("/sessions", json={"metadata": {"k" * 64: "v" * 512}}, headers=auth)
+        assert fine.status_code == 201, fine.text
+        for metadata in ({"user": "v" * 2**21}, {"k" * 65: "v"}, {"": "v"}, {f"k{i}": "v" for i in range(33)}):
+            r = await c.post("/sessions", json={"metadata": metadata}, headers=auth)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["param"].startswith("metadata")
