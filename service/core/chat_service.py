@@ -243,9 +243,16 @@ class ChatService:
             for item, vectors in zip(media, soft_prompts, strict=True)
         ]
 
-    def _prompt(self, history: Sequence[Exchange], message: str, media: list[MediaRecord]) -> torch.Tensor:
+    async def _prompt(
+        self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
+    ) -> tuple[torch.Tensor, Sampling]:
+        """The prompt's rows and the sampling, the context checked before any row is built.
+        Tokenizing a long conversation takes time: off the event loop."""
         # Media of every turn so far, in order (the original reused the first turn's slot).
-        return self.prompts.assemble(self.family.prompt(history, message, [m.soft_prompt for m in media]))
+        soft_prompts = [m.soft_prompt for m in media]
+        segments = await asyncio.to_thread(self.family.prompt, history, message, soft_prompts)
+        sampling = self.sampling(request, sum(len(segment) for segment in segments))
+        return self.prompts.assemble(segments), sampling
 
     async def _reply(
         self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
@@ -255,8 +262,7 @@ class ChatService:
         Admission is held from before the engine's request until it ends; leaving this generator
         early (a client disconnect, a stop string) closes the engine's stream, which aborts it.
         """
-        prompt = self._prompt(history, message, media)
-        sampling = self.sampling(request, len(prompt))
+        prompt, sampling = await self._prompt(history, message, media, request)
         reply = Reply(self.family.stop_rule, self.family.tokenizer, request.stop, request.logprobs is not None)
         timing = _Timing(self.metrics)
         # Not the current span: this generator is suspended between events, and its consumer's

@@ -157,3 +157,30 @@ async def test_session_metadata_is_bounded(demo_bundle: Path) -> None:
             r = await c.post("/sessions", json={"metadata": metadata}, headers=auth)
             assert r.status_code == 422, r.text
             assert r.json()["error"]["param"].startswith("metadata")
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] * 128
+        + [{"role": "user", "content": "x"}],
+        [{"role": "user", "content": "a" * 16_000}, {"role": "assistant", "content": "b" * 16_000}] * 4
+        + [{"role": "user", "content": "c" * 16_000}],
+    ],
+    ids=["257 messages", "144,000 characters"],
+)
+async def test_a_v1_conversation_is_bounded_before_anything_is_tokenized(
+    demo_bundle: Path, messages: list[dict[str, str]]
+) -> None:
+    engine = ScriptedEngine([[5], [2]])
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    messages[-1] = {"role": "user", "content": [image, {"type": "text", "text": "What?"}]}
+    async with client(demo_bundle, engine) as c:
+        r = await c.post(
+            "/v1/chat/completions",
+            json={"model": "demo", "messages": messages},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages"
+    assert engine.prompts == []
