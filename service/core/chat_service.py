@@ -177,7 +177,7 @@ class ChatService:
                     else:
                         yield event
             assert result is not None
-            expected_turns = len(session.turns)
+            expected_turns = None if session_id is None else len(session.turns)  # None: a new session
             turn = Turn(
                 message=message,
                 reply=result.reply,
@@ -315,7 +315,7 @@ class ChatService:
 
     async def create_session(self, tenant: str | None, metadata: dict[str, str]) -> Session:
         session = Session.new(tenant, metadata)
-        await self.store.commit(session, expected_turns=0)
+        await self.store.commit(session, expected_turns=None)
         return session
 
     async def delete_session(self, tenant: str | None, session_id: str) -> None:
