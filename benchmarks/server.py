@@ -109,6 +109,26 @@ def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterat
         stop(proc)
 
 
+@contextmanager
+def encoder_service(bundle: Path, log_dir: Path, redis_url: str | None) -> Iterator[Server]:
+    """`pandaserve encoders serve` on a free port (the embedding cache in Redis when given), ready."""
+    port = free_port()
+    env = {**os.environ, **BENCH_ENV}
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    log = log_dir / "encoders.log"
+    cmd = [sys.executable, "-m", "pandaserve", "encoders", "serve", "--bundle", str(bundle), "--port", str(port)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, headers={})
+    try:
+        wait_ready(server.url, proc, log)
+        yield server
+    finally:
+        stop(proc)
+
+
 @dataclass
 class Router(Server):
     metrics_url: str = ""  # the router's Prometheus metrics (its own port)
