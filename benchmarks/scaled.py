@@ -70,6 +70,14 @@ def parse_counters(text: str) -> dict[str, float]:
     }
 
 
+async def idle_cpu_ms_per_s(pid: int, seconds: float = 5.0) -> float:
+    """The API process's CPU while no request is in flight (its background work: probes, pools), per
+    second: a run's `api_cpu_ms_per_turn` includes this much per second of the run."""
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return 1000 * (cpu_seconds(pid) - before) / seconds
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and its live descendants (the stock server's engine core is a child)."""
     return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
@@ -133,7 +141,7 @@ class ScaledBench:
             target = HttpTarget(client)
             warm_up = self.bench.workload.conversations(10_000, 8, self.bench.nonce())  # untimed first-call costs
             await closed_loop(target.conversation, warm_up, 4)
-            out = {}
+            out: dict[str, Any] = {"idle_api_cpu_ms_per_s": await idle_cpu_ms_per_s(pid)}
             for phase in ("cold", "warm"):  # the same conversations twice: every file new, then sent before
                 run = closed_loop(target.conversation, self.conversations, self.top)
                 out[phase] = await self._measured(f"{name}_{phase}", pid, run, engine_url, parts)
@@ -210,6 +218,8 @@ def figures(out: dict[str, Any]) -> dict[str, float | None]:
         "embedded_vs_stock_output_tps": _div(tps(emb.get("warm")), tps(stock)),
         "api_cpu_ms_per_turn_scaled": (sc.get("warm") or {}).get("api_cpu_ms_per_turn"),
         "api_cpu_ms_per_turn_embedded": (emb.get("warm") or {}).get("api_cpu_ms_per_turn"),
+        "idle_api_cpu_ms_per_s_scaled": sc.get("idle_api_cpu_ms_per_s"),
+        "idle_api_cpu_ms_per_s_embedded": emb.get("idle_api_cpu_ms_per_s"),
         "engine_request_bytes_per_turn": (sc.get("warm") or {}).get("engine_request_bytes_per_turn"),
         "second_vs_first_turn_ttft_scaled": (sc.get("warm") or {}).get("ttft_by_turn", {}).get("second_vs_first"),
         "second_vs_first_turn_ttft_stock": stock.get("ttft_by_turn", {}).get("second_vs_first"),

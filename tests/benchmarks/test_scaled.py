@@ -54,8 +54,9 @@ def test_the_figures_of_one_report() -> None:
 
     engine = {"prefix_cache_hits": 30.0, "prefix_cache_queries": 120.0}
     out = {
-        "embedded": {"cold": run(300.0), "warm": run(500.0, api_cpu_ms_per_turn=20.0)},
+        "embedded": {"cold": run(300.0), "warm": run(500.0, api_cpu_ms_per_turn=20.0), "idle_api_cpu_ms_per_s": 2.0},
         "scaled": {
+            "idle_api_cpu_ms_per_s": 1.0,
             "cold": run(240.0),
             "warm": run(450.0, api_cpu_ms_per_turn=4.0, engine_request_bytes_per_turn=30_000.0, engine=engine)
             | {"ttft_by_turn": {"second_vs_first": 0.8}},
@@ -71,6 +72,8 @@ def test_the_figures_of_one_report() -> None:
             "embedded_vs_stock_output_tps": 500 / 600,
             "api_cpu_ms_per_turn_scaled": 4.0,
             "api_cpu_ms_per_turn_embedded": 20.0,
+            "idle_api_cpu_ms_per_s_scaled": 1.0,
+            "idle_api_cpu_ms_per_s_embedded": 2.0,
             "engine_request_bytes_per_turn": 30_000.0,
             "second_vs_first_turn_ttft_scaled": 0.8,
             "second_vs_first_turn_ttft_stock": 0.7,
