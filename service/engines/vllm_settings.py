@@ -80,7 +80,7 @@ def router_command(
     ring. The router's default health check runs once a minute, so an engine that died (or came
     back) would be seen a minute late: every `health_check_interval_s` instead. Its Prometheus
     metrics are served on their own port (`metrics_port`), and its default body limit (512 MiB)
-    is far above a prompt's embeddings (a 13B model's 2,048 rows are 40 MiB as base64).
+    is far above a prompt's embeddings (a 13B model's 2,048 positions are 28 MB as fp16 in base64).
     """
     args = ["vllm-router", "--worker-urls", *engine_urls, "--policy", "consistent_hash"]
     args += ["--host", host, "--port", str(port), "--prometheus-host", host, "--prometheus-port", str(metrics_port)]
