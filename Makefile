@@ -67,7 +67,8 @@ openapi: install
 	$(PY) -m service.api.openapi > openapi.yaml
 
 # The benchmark of issue 6 (benchmarks/README.md): original path vs direct engine vs the service, on
-# the demo bundle; writes benchmarks/results/<date>/. BENCH_ARGS=--quick for a short run.
+# the demo bundle; writes benchmarks/results/<date>/. BENCH_ARGS=--quick for a short run;
+# BENCH_ARGS=--scaled: the embedded default vs the scaled topology (vllm-router) vs the stock vLLM server.
 $(VENV)/.bench-installed: pyproject.toml | install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@

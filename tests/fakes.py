@@ -37,9 +37,13 @@ class ScriptedEngine:
         self.gate = gate
         self.aborted: list[str] = []
         self.prompts: list[torch.Tensor] = []
+        self.affinities: list[str | None] = []  # what each request asked a router to key its engine on
 
-    async def generate(self, request_id: str, prompt: torch.Tensor, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+    async def generate(
+        self, request_id: str, prompt: torch.Tensor, sampling: Sampling, affinity: str | None = None
+    ) -> AsyncGenerator[Delta, None]:
         self.prompts.append(prompt)
+        self.affinities.append(affinity)
         finished = False
         try:
             for i, chunk in enumerate(self.chunks):

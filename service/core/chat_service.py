@@ -170,7 +170,9 @@ class ChatService:
                 raise Unprocessable(f"the first turn of a chat needs at least one media file ({_one_of(order)})")
             records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
             result = None
-            async with aclosing(self._reply(session.history(), message, session.media() + records, request)) as events:
+            # The session's id keys the engine: behind a router, every turn reaches the engine holding its prefix.
+            reply = self._reply(session.history(), message, session.media() + records, request, session.session_id)
+            async with aclosing(reply) as events:
                 async for event in events:
                     if isinstance(event, TurnResult):
                         result = event
@@ -255,7 +257,12 @@ class ChatService:
         return self.prompts.assemble(segments), sampling
 
     async def _reply(
-        self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
+        self,
+        history: Sequence[Exchange],
+        message: str,
+        media: list[MediaRecord],
+        request: SamplingRequest,
+        affinity: str | None = None,
     ) -> AsyncGenerator[TurnEvent, None]:
         """The reply to this prompt as events, releasing text as soon as it is final.
 
@@ -271,7 +278,7 @@ class ChatService:
         finish_reason = None
         try:
             with self.admission.admit(len(prompt)) as ticket:
-                async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling)) as deltas:
+                async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling, affinity)) as deltas:
                     async for out in deltas:
                         ticket.prefilled()
                         if out.queued_s is not None:
