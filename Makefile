@@ -53,7 +53,7 @@ $(DEPLOY_VENV)/.installed: deploy/requirements-validate.txt deploy/tools/install
 
 deploy-tools: $(DEPLOY_VENV)/.installed
 
-# The unit tier alone (in-process; fakes at the engine and encoder seams only): about 30 s on 2 cores.
+# The unit tier alone (in-process; fakes at the engine and encoder seams only): about a minute on 2 cores.
 test-fast: install
 	$(PY) -m pytest -m unit -q
 
