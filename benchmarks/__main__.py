@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--skip", nargs="*", default=[], choices=["encoder", "original", "service", "poisson", "soak", "direct"]
     )
+    p.add_argument(
+        "--scaled",
+        action="store_true",
+        help="instead: the embedded default, the scaled topology (vllm-router, stock vLLM, encoder service, an API "
+        "replica) and the stock server fed the same prompt embeds, at the top concurrency (benchmarks/scaled.py); "
+        "default --out benchmarks/results/<YYYY-MM-DD>/scaled",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     defaults: dict[str, Any] = {
@@ -86,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.soak_warmup_s = args.soak_warmup_s if args.soak_warmup_s is not None else args.soak_s / 10
-    args.out = args.out or RESULTS / dt.date.today().isoformat()
+    args.out = args.out or RESULTS / dt.date.today().isoformat() / ("scaled" if args.scaled else "")
     # Milliseconds since the epoch: a base no earlier run has used (a run takes far fewer nonces than that).
     args.nonce_base = args.nonce_base if args.nonce_base is not None else time.time_ns() // 1_000_000
     args.slos = parse_slos(args.goodput)
@@ -286,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no bundle at {args.bundle}: build one with `pandaserve bundle demo {args.bundle}`")
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
+    if args.scaled:
+        from benchmarks.scaled import main_scaled
+
+        log(f"wrote {main_scaled(bench)} in {time.perf_counter() - bench.started:.0f} s")
+        return
     env = report.environment(args.bundle)
     started = time.perf_counter()
     steps = [("encoder", bench.encoder), ("original", bench.original), ("service", bench.service)]

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +82,11 @@ def serve(
 
 
 @contextmanager
-def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterator[Server]:
+def stock_engine(
+    bundle: Path, log_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
     """The stock vLLM OpenAI server for `bundle`, started with the command `pandaserve engine command`
-    prints, ready (/health 200); stopped on exit. In a process group of its own: vLLM's engine core
+    prints (and `extra_args`), ready (/health 200); stopped on exit. In a process group of its own: vLLM's engine core
     runs in children, and a test that kills the engine kills them all (`os.killpg`)."""
     port = port or free_port()
     printed = subprocess.run(
@@ -96,7 +98,7 @@ def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterat
     ).stdout
     words = shlex.split(printed)
     assignments = list(itertools.takewhile(lambda w: "=" in w and not w.startswith("-"), words))
-    cmd = [sys.executable, *words[len(assignments) + 1 :]]  # this Python for the printed `python3`
+    cmd = [sys.executable, *words[len(assignments) + 1 :], *extra_args]  # this Python for the printed `python3`
     env = {**os.environ, **dict(a.split("=", 1) for a in assignments)}
     log = log_dir / f"engine-{port}.log"
     with log.open("ab") as out:
@@ -109,17 +111,75 @@ def stock_engine(bundle: Path, log_dir: Path, port: int | None = None) -> Iterat
         stop(proc)
 
 
+@contextmanager
+def encoder_service(bundle: Path, log_dir: Path, redis_url: str | None) -> Iterator[Server]:
+    """`pandaserve encoders serve` on a free port (the embedding cache in Redis when given), ready."""
+    port = free_port()
+    env = {**os.environ, **BENCH_ENV}
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    log = log_dir / "encoders.log"
+    cmd = [sys.executable, "-m", "pandaserve", "encoders", "serve", "--bundle", str(bundle), "--port", str(port)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, headers={})
+    try:
+        wait_ready(server.url, proc, log)
+        yield server
+    finally:
+        stop(proc)
+
+
+@dataclass
+class Router(Server):
+    metrics_url: str = ""  # the router's Prometheus metrics (its own port)
+
+
+@contextmanager
+def vllm_router(engine_urls: list[str], log_dir: Path, port: int | None = None) -> Iterator[Router]:
+    """vllm-router in front of `engine_urls`, started with the command `pandaserve engine router-command`
+    prints, ready (/readiness 200: every engine is healthy to it); stopped on exit."""
+    port, metrics_port = port or free_port(), free_port()
+    urls = [arg for url in engine_urls for arg in ("--engine-url", url)]
+    printed = subprocess.run(
+        [sys.executable, "-m", "pandaserve", "engine", "router-command", *urls]
+        + ["--port", str(port), "--metrics-port", str(metrics_port)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    words = shlex.split(printed)
+    cmd = [str(Path(sys.executable).with_name(words[0])), *words[1:]]  # this environment's vllm-router
+    log = log_dir / f"router-{port}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    router = Router(f"http://127.0.0.1:{port}", proc, log, {}, f"http://127.0.0.1:{metrics_port}")
+    try:
+        wait_ready(router.url, proc, log, path="/readiness")
+        yield router
+    finally:
+        stop(proc)
+
+
 def wait_ready(
-    url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S, path: str = "/readyz"
+    url: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float = START_TIMEOUT_S,
+    path: str = "/readyz",
+    status: int = 200,
 ) -> None:
-    """Return once `path` is 200 (it needs no key); raise with the log's tail if the server exits first."""
+    """Return once `path` answers `status` (200: ready; it needs no key); raise with the log's tail if
+    the server exits first."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
             try:
-                if client.get(url + path).status_code == 200:
+                if client.get(url + path).status_code == status:
                     return
             except httpx.TransportError:
                 pass  # not listening yet: the lifespan is still starting the engine

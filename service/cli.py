@@ -75,6 +75,13 @@ def engine_command(args: argparse.Namespace) -> None:
     print(server_command(config, served_model(bundle, settings).id, args.host, args.port, on_gpu))
 
 
+def router_command(args: argparse.Namespace) -> None:
+    """vllm-router in front of stock vLLM servers, keyed on the session, as one shell line."""
+    from service.engines.vllm_settings import router_command as command
+
+    print(command(args.engine_url, args.host, args.port, args.metrics_port))
+
+
 def encoders_serve(args: argparse.Namespace) -> None:
     """The encoder service: the batched pool behind HTTP, for API replicas started with --encoder-url."""
     import uvicorn
@@ -128,3 +135,11 @@ def add_commands(commands: Any) -> None:
     c.add_argument("--port", type=int, default=8001)
     c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where it will run")
     c.set_defaults(run=engine_command)
+    r = engine.add_parser(
+        "router-command", help="print the command of vllm-router in front of engines (session affinity)"
+    )
+    r.add_argument("--engine-url", action="append", required=True, help="a stock vLLM server; repeat for each")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=8002)
+    r.add_argument("--metrics-port", type=int, default=29000, help="the router's Prometheus metrics")
+    r.set_defaults(run=router_command)

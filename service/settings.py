@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     max_imu_samples: int = Field(default=100_000, gt=0)
     max_csv_line_bytes: int = Field(default=4_096, gt=0, description="one line of an IMU CSV")
     max_message_chars: int = Field(default=16_000, gt=0)
+    # /v1 sends the whole conversation with every request: bounded before anything is tokenized.
+    max_messages: int = Field(default=256, gt=0, description="messages in one /v1 request")
+    max_conversation_chars: int = Field(default=128_000, gt=0, description="their text, all together")
 
     # OpenAI-compatible API (/v1). The model name clients send; default: the bundle directory's name.
     served_model_name: str | None = None
@@ -111,7 +114,12 @@ class Settings(BaseSettings):
         )
 
     def turn_limits(self) -> TurnLimits:
-        return TurnLimits(max_message_chars=self.max_message_chars, max_files_per_modality=self.max_files_per_modality)
+        return TurnLimits(
+            max_message_chars=self.max_message_chars,
+            max_files_per_modality=self.max_files_per_modality,
+            max_messages=self.max_messages,
+            max_conversation_chars=self.max_conversation_chars,
+        )
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(

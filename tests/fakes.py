@@ -18,12 +18,12 @@ from service.core.engine_admission import EngineAdmission
 from service.core.prompt import PromptAssembler
 from service.core.rate_limit import MemoryRateLimiter
 from service.core.session_store import MemorySessionStore
-from service.core.turn_limits import TurnLimits
 from service.engines.base import Delta, Sampling
 from service.families import load_family
 from service.families.base import GenerationDefaults
 from service.metrics import Metrics
 from service.resources import Resources, ServedModel
+from service.settings import Settings
 
 
 class ScriptedEngine:
@@ -37,9 +37,13 @@ class ScriptedEngine:
         self.gate = gate
         self.aborted: list[str] = []
         self.prompts: list[torch.Tensor] = []
+        self.affinities: list[str | None] = []  # what each request asked a router to key its engine on
 
-    async def generate(self, request_id: str, prompt: torch.Tensor, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+    async def generate(
+        self, request_id: str, prompt: torch.Tensor, sampling: Sampling, affinity: str | None = None
+    ) -> AsyncGenerator[Delta, None]:
         self.prompts.append(prompt)
+        self.affinities.append(affinity)
         finished = False
         try:
             for i, chunk in enumerate(self.chunks):
@@ -112,6 +116,6 @@ def resources(chat: ChatService, keys: list[str] | None = None, rpm: int = 600) 
         store=chat.store,
         keys=ApiKeys(keys or []),
         limiter=MemoryRateLimiter(rpm, concurrency=4),
-        limits=TurnLimits(max_message_chars=16_000, max_files_per_modality=4),
+        limits=Settings().turn_limits(),
         model=ServedModel("demo", 0),
     )

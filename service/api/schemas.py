@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
-from service.core.session_store import Session
+from service.core.session_store import SESSION_ID_PATTERN, Session
+
+SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
+
+# Sampling parameters, bounded to what the engine accepts (vLLM's SamplingParams, a 64-bit seed):
+# out of range is the caller's 422 naming the field, never a request the engine fails on. top_k's
+# upper bound is the vocabulary, checked by the chat core.
+MaxTokens = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+TopK = Annotated[int, Field(ge=-1, le=2**31 - 1, description="top-k sampling (-1: off)")]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class Usage(BaseModel):
@@ -36,8 +47,16 @@ class TurnView(BaseModel):
     created_at: float
 
 
+# Labels are stored with the session for its lifetime, in the Redis every tenant shares: bounded
+# (32 entries of at most 64 + 512 characters, about 18 KB).
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class SessionCreate(BaseModel):
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=32, description="your labels, returned as given")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=32, description="your labels, returned as given"
+    )
 
 
 class SessionView(BaseModel):

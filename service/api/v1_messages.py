@@ -68,6 +68,7 @@ async def to_turn(
     media: list[MediaInput] = []
     counts: dict[str, int] = {}
     question: tuple[int, str] | None = None  # the user message waiting for its answer
+    limits.check_conversation([_text(m.content) for m in messages], "messages")
     for i, msg in enumerate(messages):
         if isinstance(msg, SystemMessage):
             continue

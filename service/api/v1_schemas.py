@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
+from service.api.schemas import MaxTokens, Seed, Temperature, TopK, TopP
 from service.core.chat_service import SamplingRequest
 from service.errors import BadRequest
 
@@ -116,12 +117,12 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, description="wins over max_tokens")
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=-1, description="extension: top-k sampling (-1: off)")
-    seed: int | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = Field(default=None, description="wins over max_tokens")
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = Field(default=None, description="extension: top-k sampling (-1: off)")
+    seed: Seed | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(default=None, description="up to 4 strings")
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)

@@ -138,6 +138,9 @@ class ChatService:
             )
         if max_tokens < 1:
             raise BadRequest(f"the prompt ({prompt_tokens} tokens) fills the context", param="message")
+        vocab = self.prompts.vocab_size
+        if request.top_k is not None and request.top_k > vocab:
+            raise BadRequest(f"top_k is {request.top_k} but the vocabulary has {vocab} tokens", param="top_k")
         return Sampling(
             max_tokens=max_tokens,
             temperature=d.temperature if request.temperature is None else request.temperature,
@@ -167,14 +170,16 @@ class ChatService:
                 raise Unprocessable(f"the first turn of a chat needs at least one media file ({_one_of(order)})")
             records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
             result = None
-            async with aclosing(self._reply(session.history(), message, session.media() + records, request)) as events:
+            # The session's id keys the engine: behind a router, every turn reaches the engine holding its prefix.
+            reply = self._reply(session.history(), message, session.media() + records, request, session.session_id)
+            async with aclosing(reply) as events:
                 async for event in events:
                     if isinstance(event, TurnResult):
                         result = event
                     else:
                         yield event
             assert result is not None
-            expected_turns = len(session.turns)
+            expected_turns = None if session_id is None else len(session.turns)  # None: a new session
             turn = Turn(
                 message=message,
                 reply=result.reply,
@@ -240,20 +245,31 @@ class ChatService:
             for item, vectors in zip(media, soft_prompts, strict=True)
         ]
 
-    def _prompt(self, history: Sequence[Exchange], message: str, media: list[MediaRecord]) -> torch.Tensor:
+    async def _prompt(
+        self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
+    ) -> tuple[torch.Tensor, Sampling]:
+        """The prompt's rows and the sampling, the context checked before any row is built.
+        Tokenizing a long conversation takes time: off the event loop."""
         # Media of every turn so far, in order (the original reused the first turn's slot).
-        return self.prompts.assemble(self.family.prompt(history, message, [m.soft_prompt for m in media]))
+        soft_prompts = [m.soft_prompt for m in media]
+        segments = await asyncio.to_thread(self.family.prompt, history, message, soft_prompts)
+        sampling = self.sampling(request, sum(len(segment) for segment in segments))
+        return self.prompts.assemble(segments), sampling
 
     async def _reply(
-        self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
+        self,
+        history: Sequence[Exchange],
+        message: str,
+        media: list[MediaRecord],
+        request: SamplingRequest,
+        affinity: str | None = None,
     ) -> AsyncGenerator[TurnEvent, None]:
         """The reply to this prompt as events, releasing text as soon as it is final.
 
         Admission is held from before the engine's request until it ends; leaving this generator
         early (a client disconnect, a stop string) closes the engine's stream, which aborts it.
         """
-        prompt = self._prompt(history, message, media)
-        sampling = self.sampling(request, len(prompt))
+        prompt, sampling = await self._prompt(history, message, media, request)
         reply = Reply(self.family.stop_rule, self.family.tokenizer, request.stop, request.logprobs is not None)
         timing = _Timing(self.metrics)
         # Not the current span: this generator is suspended between events, and its consumer's
@@ -262,7 +278,7 @@ class ChatService:
         finish_reason = None
         try:
             with self.admission.admit(len(prompt)) as ticket:
-                async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling)) as deltas:
+                async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling, affinity)) as deltas:
                     async for out in deltas:
                         ticket.prefilled()
                         if out.queued_s is not None:
@@ -306,7 +322,7 @@ class ChatService:
 
     async def create_session(self, tenant: str | None, metadata: dict[str, str]) -> Session:
         session = Session.new(tenant, metadata)
-        await self.store.commit(session, expected_turns=0)
+        await self.store.commit(session, expected_turns=None)
         return session
 
     async def delete_session(self, tenant: str | None, session_id: str) -> None:

@@ -50,6 +50,10 @@ class PromptAssembler:
     def hidden_size(self) -> int:
         return self.embeddings.shape[1]
 
+    @property
+    def vocab_size(self) -> int:
+        return self.embeddings.shape[0]
+
     def assemble(self, segments: Sequence[Segment]) -> torch.Tensor:
         """[L, hidden]: each segment's rows in order."""
         table = self.embeddings

@@ -41,6 +41,10 @@ Float32Tensor = Annotated[
 ]
 
 
+# What `Session.new` makes; the edge refuses anything else before it can reach a store key.
+SESSION_ID_PATTERN = r"^sess_[0-9a-f]{32}$"
+
+
 class MediaRecord(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -78,7 +82,10 @@ class Session(BaseModel):
     @classmethod
     def new(cls, tenant: str | None, metadata: dict[str, str] | None = None) -> Session:
         return cls(
-            session_id=f"sess_{uuid.uuid4().hex}", created_at=time.time(), tenant=tenant, metadata=metadata or {}
+            session_id=f"sess_{uuid.uuid4().hex}",  # SESSION_ID_PATTERN
+            created_at=time.time(),
+            tenant=tenant,
+            metadata=metadata or {},
         )
 
     def media(self) -> list[MediaRecord]:
@@ -93,8 +100,9 @@ class SessionStore(Protocol):
         """The session, its TTL refreshed (sessions expire after a TTL without use)."""
         ...
 
-    async def commit(self, session: Session, expected_turns: int) -> None:
-        """Store `session` if the stored copy still has `expected_turns` turns (0 if absent), else Conflict."""
+    async def commit(self, session: Session, expected_turns: int | None) -> None:
+        """Store `session` if the stored copy still has `expected_turns` turns (None: if there is none
+        yet), else Conflict. A session deleted during a turn stays deleted."""
         ...
 
     async def delete(self, session_id: str) -> bool: ...
@@ -135,10 +143,10 @@ class MemorySessionStore:
         self._items[session_id] = (item[0], item[1], time.monotonic() + self.ttl_s)
         return Session.model_validate_json(item[1])
 
-    async def commit(self, session: Session, expected_turns: int) -> None:
+    async def commit(self, session: Session, expected_turns: int | None) -> None:
         # No await between the check and the write: atomic on the event loop.
         item = self._live(session.session_id)
-        if (item[0] if item else 0) != expected_turns:
+        if (item[0] if item else None) != expected_turns:
             raise Conflict("the session changed during this turn; retry", param="session_id")
         expires = time.monotonic() + self.ttl_s
         self._items[session.session_id] = (len(session.turns), session.model_dump_json(), expires)
@@ -171,17 +179,19 @@ class MemorySessionStore:
 
 @asynccontextmanager
 async def redis_available() -> AsyncIterator[None]:
-    """Redis unreachable -> StoreUnavailable (503). redis-py reconnects on the next call once it is back."""
+    """Any Redis failure -> StoreUnavailable (503): unreachable (redis-py reconnects on the next call
+    once it is back), out of memory, read-only (a replica mid-failover), or a key of the wrong type."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.RedisError as exc:
         raise StoreUnavailable("the session store (Redis) is unavailable; retry shortly") from exc
 
 
-# KEYS[1] session hash; ARGV: expected turns, new turns, json, ttl seconds.
+# KEYS[1] session hash; ARGV: expected turns (-1: the session must not exist yet), new turns, json,
+# ttl seconds.
 _COMMIT = """
 local turns = redis.call('HGET', KEYS[1], 'turns')
-if (turns or '0') ~= ARGV[1] then return 0 end
+if (turns or '-1') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'turns', ARGV[2], 'data', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -223,9 +233,10 @@ class RedisSessionStore:
                 data, _ = await pipe.execute()
             return Session.model_validate_json(data) if data else None
 
-    async def commit(self, session: Session, expected_turns: int) -> None:
+    async def commit(self, session: Session, expected_turns: int | None) -> None:
         async with redis_available():
-            args: list[str | int] = [expected_turns, len(session.turns), session.model_dump_json(), self.ttl_s]
+            expected = -1 if expected_turns is None else expected_turns
+            args: list[str | int] = [expected, len(session.turns), session.model_dump_json(), self.ttl_s]
             if not await self._commit(keys=[self.prefix + session.session_id], args=args):
                 raise Conflict("the session changed during this turn; retry", param="session_id")
 

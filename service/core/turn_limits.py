@@ -11,6 +11,8 @@ from service.errors import BadRequest
 class TurnLimits:
     max_message_chars: int
     max_files_per_modality: int
+    max_messages: int
+    max_conversation_chars: int
 
     def check_message(self, text: str, field: str) -> None:
         if len(text) > self.max_message_chars:
@@ -22,4 +24,15 @@ class TurnLimits:
         if count > self.max_files_per_modality:
             raise BadRequest(
                 f"{field}: at most {self.max_files_per_modality} {modality} files per request", param=field
+            )
+
+    def check_conversation(self, texts: list[str], field: str) -> None:
+        """A whole conversation sent at once (/v1): its message count and its characters together."""
+        if len(texts) > self.max_messages:
+            raise BadRequest(f"{field} has {len(texts)} messages, over the limit of {self.max_messages}", param=field)
+        total = sum(map(len, texts))
+        if total > self.max_conversation_chars:
+            raise BadRequest(
+                f"{field} hold {total} characters of text, over the limit of {self.max_conversation_chars}",
+                param=field,
             )

@@ -54,8 +54,15 @@ class Delta:
 class Engine(Protocol):
     max_model_len: int
 
-    def generate(self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling) -> AsyncGenerator[Delta, None]:
-        """Stream deltas; closing the iterator early aborts the request in the engine."""
+    def generate(
+        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling, affinity: str | None = None
+    ) -> AsyncGenerator[Delta, None]:
+        """Stream deltas; closing the iterator early aborts the request in the engine.
+
+        `affinity` (a session's id) keys the engine choice where a router spreads requests over
+        several engines, so a conversation's later turns find their prefix in one engine's cache.
+        An engine in this process has no choice to make and ignores it.
+        """
         ...
 
     async def check_health(self) -> None:

@@ -41,7 +41,7 @@ class LocalVLLMEngine:
         return cls(llm, lora, getattr(torch, settings["dtype"]))
 
     async def generate(
-        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling
+        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling, affinity: str | None = None
     ) -> AsyncGenerator[Delta, None]:
         params = SamplingParams(
             max_tokens=sampling.max_tokens,

@@ -25,6 +25,12 @@ import torch
 from service.engines.base import Delta, Sampling, TokenLogprob
 from service.errors import BadRequest, EngineFailed
 
+# vllm-router's consistent_hash policy keys its choice of engine on the first of these headers it
+# finds: x-session-id, x-user-id, x-tenant-id, x-correlation-id, x-request-id, x-trace-id (then a
+# few body fields, then a hash of the whole body). The session's id in the first of them keeps a
+# conversation on one engine; a stock server ignores the header.
+AFFINITY_HEADER = "x-session-id"
+
 
 @dataclass(frozen=True)
 class RemoteEngineConfig:
@@ -114,6 +120,10 @@ class RemoteVLLMEngine:
     def _body(self, prompt_embeds: torch.Tensor, sampling: Sampling) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.config.model,
+            # vllm-router reads the body as OpenAI's completion request, which needs `prompt`; vLLM
+            # reads an empty list as no text prompt (an empty string would be a second prompt: a
+            # second choice), so the embeddings stay the only prompt, with or without a router.
+            "prompt": [],
             "prompt_embeds": encode_prompt(prompt_embeds),
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
@@ -131,14 +141,15 @@ class RemoteVLLMEngine:
         return body
 
     async def generate(
-        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling
+        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling, affinity: str | None = None
     ) -> AsyncGenerator[Delta, None]:
         body = self._body(prompt_embeds, sampling) | {"request_id": request_id}
+        headers = {AFFINITY_HEADER: affinity} if affinity else {}
         started = False
         for attempt in range(self.config.retries + 1):
             self.breaker.check()
             try:
-                async with self.client.stream("POST", "/v1/completions", json=body) as response:
+                async with self.client.stream("POST", "/v1/completions", json=body, headers=headers) as response:
                     if response.status_code == 400:
                         message = _message(await response.aread())
                         raise BadRequest(f"the inference engine refused the request: {message}")

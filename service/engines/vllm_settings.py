@@ -67,3 +67,22 @@ def server_command(config: EngineConfig, served_name: str, host: str, port: int,
         args += ["--lora-modules", f"{ADAPTER}={config.lora_dir}"]
     env = [] if on_gpu else [f"VLLM_CPU_KVCACHE_SPACE={config.kv_cache_gib}"]
     return shlex.join([*env, *args])  # an assignment needs no quotes: it stays a shell prefix
+
+
+def router_command(
+    engine_urls: list[str], host: str, port: int, metrics_port: int, health_check_interval_s: int = 5
+) -> str:
+    """vllm-router (the vLLM project's router) in front of stock vLLM servers, one shell-quoted line.
+
+    `consistent_hash` keys each request on its `x-session-id` header (the remote engine sends the
+    session's id there): a session's turns reach one engine, whose prefix cache holds the
+    conversation so far; adding or removing an engine moves only the sessions on its arc of the
+    ring. The router's default health check runs once a minute, so an engine that died (or came
+    back) would be seen a minute late: every `health_check_interval_s` instead. Its Prometheus
+    metrics are served on their own port (`metrics_port`), and its default body limit (512 MiB)
+    is far above a prompt's embeddings (a 13B model's 2,048 positions are 28 MB as fp16 in base64).
+    """
+    args = ["vllm-router", "--worker-urls", *engine_urls, "--policy", "consistent_hash"]
+    args += ["--host", host, "--port", str(port), "--prometheus-host", host, "--prometheus-port", str(metrics_port)]
+    args += ["--health-check-interval-secs", str(health_check_interval_s)]
+    return shlex.join(args)

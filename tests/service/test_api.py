@@ -121,7 +121,7 @@ def test_streamed_turn_adds_up_to_the_reply(client: httpx.Client) -> None:
 
 
 def test_stream_errors_before_it_starts_are_plain_4xx(client: httpx.Client) -> None:
-    r = client.post("/chat", data={"message": "x", "stream": "true", "session_id": "sess_missing"})
+    r = client.post("/chat", data={"message": "x", "stream": "true", "session_id": "sess_" + "0" * 32})
     assert r.status_code == 404 and r.json()["error"]["param"] == "session_id"
 
 

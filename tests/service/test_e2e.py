@@ -118,9 +118,10 @@ def test_first_turn_without_media_is_422(client: httpx.Client) -> None:
 
 
 def test_unknown_session_is_404(client: httpx.Client) -> None:
-    r = chat(client, "Hi", session_id="sess_nope", images=[png((5, 5, 5))])
+    unknown = "sess_" + "0" * 32
+    r = chat(client, "Hi", session_id=unknown, images=[png((5, 5, 5))])
     assert r.status_code == 404 and r.json()["error"]["param"] == "session_id"
-    assert client.get("/sessions/sess_nope").status_code == 404
+    assert client.get(f"/sessions/{unknown}").status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,9 @@ def limited(demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPath
 
 def test_rate_limit_is_429_with_retry_after(limited: RunningServer) -> None:
     with httpx.Client(base_url=limited.url, headers=AUTH, timeout=30) as client:
-        statuses = [client.get("/sessions/sess_none").status_code for _ in range(RPM)]
+        statuses = [client.get("/sessions/sess_" + "0" * 32).status_code for _ in range(RPM)]
         assert statuses == [404] * RPM  # admitted (and not found)
-        r = client.get("/sessions/sess_none")
+        r = client.get("/sessions/sess_" + "0" * 32)
         assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
         assert 1 <= int(r.headers["retry-after"]) <= 60 // RPM + 1
         assert client.get("/readyz").status_code == 200  # probes are not limited

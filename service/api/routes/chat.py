@@ -10,7 +10,17 @@ from fastapi import APIRouter, Form
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import ChatDep, LimitsDep, TenantDep
-from service.api.schemas import ChatResponse, ErrorResponse, Usage
+from service.api.schemas import (
+    ChatResponse,
+    ErrorResponse,
+    MaxTokens,
+    Seed,
+    SessionId,
+    Temperature,
+    TopK,
+    TopP,
+    Usage,
+)
 from service.api.sse import sse, sse_error
 from service.api.uploads import MediaUploads
 from service.core.chat_service import SamplingRequest, TurnEvent, TurnResult, final_result
@@ -62,12 +72,12 @@ async def chat(
     limits: LimitsDep,
     media: MediaUploads,
     message: Annotated[str, Form(description="The user's text for this turn")],
-    session_id: Annotated[str | None, Form(description="Continue this session; omit to start one")] = None,
-    max_tokens: Annotated[int | None, Form(ge=1)] = None,
-    temperature: Annotated[float | None, Form(ge=0)] = None,
-    top_p: Annotated[float | None, Form(gt=0, le=1)] = None,
-    top_k: Annotated[int | None, Form(ge=-1)] = None,
-    seed: Annotated[int | None, Form()] = None,
+    session_id: Annotated[SessionId | None, Form(description="Continue this session; omit to start one")] = None,
+    max_tokens: Annotated[MaxTokens | None, Form()] = None,
+    temperature: Annotated[Temperature | None, Form()] = None,
+    top_p: Annotated[TopP | None, Form()] = None,
+    top_k: Annotated[TopK | None, Form()] = None,
+    seed: Annotated[Seed | None, Form()] = None,
     stream: Annotated[bool, Form(description="Reply as server-sent events")] = False,
     return_token_ids: Annotated[bool, Form(description="Also return the reply's token ids")] = False,
 ) -> ChatResponse | StreamingResponse:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from service.api.deps import ChatDep, TenantDep
 from service.api.routes.chat import ERRORS
-from service.api.schemas import SessionCreate, SessionView
+from service.api.schemas import SessionCreate, SessionId, SessionView
 
 router = APIRouter(tags=["sessions"])
 
@@ -17,11 +19,11 @@ async def create_session(chat: ChatDep, tenant: TenantDep, body: SessionCreate |
 
 
 @router.get("/sessions/{session_id}", response_model=SessionView, responses=ERRORS)
-async def get_session(session_id: str, chat: ChatDep, tenant: TenantDep) -> SessionView:
+async def get_session(session_id: Annotated[SessionId, Path()], chat: ChatDep, tenant: TenantDep) -> SessionView:
     return SessionView.of(await chat.get_session(tenant, session_id))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response, responses=ERRORS)
-async def delete_session(session_id: str, chat: ChatDep, tenant: TenantDep) -> Response:
+async def delete_session(session_id: Annotated[SessionId, Path()], chat: ChatDep, tenant: TenantDep) -> Response:
     await chat.delete_session(tenant, session_id)
     return Response(status_code=204)

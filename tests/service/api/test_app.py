@@ -58,7 +58,7 @@ async def test_a_bad_key_is_refused_before_the_body_is_read(demo_bundle: Path, h
 async def test_over_the_rate_is_refused_before_the_body_is_read(demo_bundle: Path) -> None:
     async with client(demo_bundle, ScriptedEngine([[5]]), rpm=1) as c:
         auth = {"Authorization": f"Bearer {KEY}"}
-        assert (await c.get("/sessions/sess_none", headers=auth)).status_code == 404
+        assert (await c.get("/sessions/sess_" + "0" * 32, headers=auth)).status_code == 404
         upload = Upload()
         headers = auth | {"content-type": "multipart/form-data; boundary=b", "content-length": str(BODY)}
         r = await c.post("/chat", content=upload, headers=headers)
@@ -97,3 +97,90 @@ async def test_v1_chat_completions_over_the_real_core(demo_bundle: Path, sp: spm
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert (choice["message"]["content"], choice["finish_reason"]) == ("Two blue circles.", "stop")
+
+
+# Numbers the engine would fail on (finding of issue 14: 500s or dropped connections).
+OUT_OF_RANGE = [
+    ("temperature", "3"),
+    ("temperature", "inf"),
+    ("temperature", "nan"),
+    ("top_p", "0"),
+    ("top_p", "nan"),
+    ("top_k", "-2"),
+    ("top_k", str(2**64)),
+    ("top_k", "100000"),  # beyond the vocabulary
+    ("seed", str(2**63)),
+    ("seed", str(-(2**63) - 1)),
+    ("max_tokens", str(2**64)),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), OUT_OF_RANGE)
+async def test_out_of_range_sampling_numbers_are_the_callers_error(demo_bundle: Path, field: str, value: str) -> None:
+    engine = ScriptedEngine([[5], [2]])
+    auth = {"Authorization": f"Bearer {KEY}"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    v1 = {"model": "demo", "messages": [{"role": "user", "content": [image, {"type": "text", "text": "What?"}]}]}
+    number = json.loads(value) if value not in ("inf", "nan") else float(value)
+    async with client(demo_bundle, engine) as c:
+        form = await c.post("/chat", data={"message": "Hi", field: value}, files={"image": ("a", b"x")}, headers=auth)
+        # JSON has no inf/nan: Python's encoder writes the bare words, which the server must refuse too.
+        as_json = auth | {"content-type": "application/json"}
+        openai = await c.post("/v1/chat/completions", content=json.dumps(v1 | {field: number}), headers=as_json)
+    for r in (form, openai):
+        assert r.status_code in (400, 422), r.text
+        assert r.json()["error"]["param"] == field, r.text
+    assert engine.prompts == []  # nothing reached the engine
+
+
+@pytest.mark.parametrize("sid", ["sess_x:lock", "sess_nope", "sess_ x", "sess_" + "0" * 31 + "g", "x" * 10_000])
+async def test_a_malformed_session_id_is_422_on_every_route(demo_bundle: Path, sid: str) -> None:
+    """Before, ids went into store keys as sent: `<id>:lock` read the lock's key (500) and stretched it."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with client(demo_bundle, ScriptedEngine([[5], [2]])) as c:
+        answers = [
+            await c.get(f"/sessions/{sid}", headers=auth),
+            await c.delete(f"/sessions/{sid}", headers=auth),
+            await c.post("/chat", data={"message": "Hi", "session_id": sid}, headers=auth),
+        ]
+    for r in answers:
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == "session_id"
+
+
+async def test_session_metadata_is_bounded(demo_bundle: Path) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    async with client(demo_bundle, ScriptedEngine([[5]])) as c:
+        fine = await c.post("/sessions", json={"metadata": {"k" * 64: "v" * 512}}, headers=auth)
+        assert fine.status_code == 201, fine.text
+        for metadata in ({"user": "v" * 2**21}, {"k" * 65: "v"}, {"": "v"}, {f"k{i}": "v" for i in range(33)}):
+            r = await c.post("/sessions", json={"metadata": metadata}, headers=auth)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["param"].startswith("metadata")
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] * 128
+        + [{"role": "user", "content": "x"}],
+        [{"role": "user", "content": "a" * 16_000}, {"role": "assistant", "content": "b" * 16_000}] * 4
+        + [{"role": "user", "content": "c" * 16_000}],
+    ],
+    ids=["257 messages", "144,000 characters"],
+)
+async def test_a_v1_conversation_is_bounded_before_anything_is_tokenized(
+    demo_bundle: Path, messages: list[dict[str, str]]
+) -> None:
+    engine = ScriptedEngine([[5], [2]])
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    messages[-1] = {"role": "user", "content": [image, {"type": "text", "text": "What?"}]}
+    async with client(demo_bundle, engine) as c:
+        r = await c.post(
+            "/v1/chat/completions",
+            json={"model": "demo", "messages": messages},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages"
+    assert engine.prompts == []

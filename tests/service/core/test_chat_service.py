@@ -125,6 +125,18 @@ async def test_turns_commit_history_under_the_tenant(builder, sp, stop_id) -> No
         [e async for e in chat.turn("bob", sid, "Hi", [], SamplingRequest())]
 
 
+async def test_every_turn_of_a_session_asks_the_engine_for_the_same_affinity(builder, sp, stop_id) -> None:
+    """Behind a router, the session's id is what keeps its turns on one engine (its prefix cache);
+    a stateless completion has no session and asks for none."""
+    engine = ScriptedEngine([ids(sp, "fine")])
+    chat = service(builder, stop_id, engine)
+    events = [e async for e in chat.turn("alice", None, "Hello", IMAGE, SamplingRequest())]
+    sid = events[-1].session_id
+    [e async for e in chat.turn("alice", sid, "And then?", [], SamplingRequest())]
+    await run(chat)
+    assert engine.affinities == [sid, sid, None]
+
+
 async def test_first_turn_needs_media(builder, sp, stop_id) -> None:
     chat = service(builder, stop_id, ScriptedEngine([[5]]))
     with pytest.raises(Unprocessable):

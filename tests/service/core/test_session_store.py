@@ -41,7 +41,7 @@ async def test_commit_then_get(store: SessionStore) -> None:
     session.turns.append(
         turn("hi", [MediaRecord(modality="image", sha256="0" * 64, bytes=10, soft_prompt=torch.ones(1, 4))])
     )
-    await store.commit(session, expected_turns=0)
+    await store.commit(session, expected_turns=None)
     loaded = await store.get(session.session_id)
     assert loaded == session
     assert loaded is not None and torch.equal(loaded.media()[0].soft_prompt, torch.ones(1, 4))
@@ -54,7 +54,7 @@ async def test_unknown_session_is_none(store: SessionStore) -> None:
 async def test_stale_commit_conflicts_and_changes_nothing(store: SessionStore) -> None:
     session = Session.new(None)
     session.turns.append(turn("one"))
-    await store.commit(session, expected_turns=0)
+    await store.commit(session, expected_turns=None)
 
     first = session.model_copy(deep=True)
     first.turns.append(turn("two"))
@@ -73,7 +73,7 @@ async def test_concurrent_commits_let_exactly_one_win(store: SessionStore) -> No
         c = session.model_copy(deep=True)
         c.turns.append(turn(f"t{i}"))
         candidates.append(c)
-    results = await asyncio.gather(*(store.commit(c, 0) for c in candidates), return_exceptions=True)
+    results = await asyncio.gather(*(store.commit(c, None) for c in candidates), return_exceptions=True)
     assert sum(r is None for r in results) == 1
     assert all(isinstance(r, Conflict) for r in results if r is not None)
 
@@ -81,7 +81,7 @@ async def test_concurrent_commits_let_exactly_one_win(store: SessionStore) -> No
 async def test_delete(store: SessionStore) -> None:
     session = Session.new(None)
     session.turns.append(turn("x"))
-    await store.commit(session, 0)
+    await store.commit(session, None)
     assert await store.delete(session.session_id)
     assert await store.get(session.session_id) is None
     assert not await store.delete(session.session_id)
@@ -91,7 +91,7 @@ async def test_memory_sessions_expire() -> None:
     store = MemorySessionStore(ttl_s=1)
     session = Session.new(None)
     session.turns.append(turn("x"))
-    await store.commit(session, 0)
+    await store.commit(session, None)
     store._items[session.session_id] = store._items[session.session_id][:2] + (time.monotonic() - 1,)
     assert await store.get(session.session_id) is None
 
@@ -100,7 +100,7 @@ async def test_redis_sessions_carry_the_ttl(redis_url: str) -> None:
     store = RedisSessionStore(redis.Redis.from_url(redis_url), ttl_s=123, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
     session = Session.new(None)
     session.turns.append(turn("x"))
-    await store.commit(session, 0)
+    await store.commit(session, None)
     ttl = await store.client.ttl(store.prefix + session.session_id)
     await store.client.aclose()
     assert 0 < ttl <= 123
@@ -122,7 +122,7 @@ async def test_locks_are_exclusive_expire_and_release_only_with_their_token(stor
 async def test_get_refreshes_the_ttl(redis_url: str) -> None:
     store = RedisSessionStore(redis.Redis.from_url(redis_url), ttl_s=100, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
     session = Session.new("tenant")
-    await store.commit(session, 0)
+    await store.commit(session, None)
     await store.client.expire(store.prefix + session.session_id, 5)
     assert await store.get(session.session_id) == session
     assert await store.client.ttl(store.prefix + session.session_id) > 5
@@ -138,3 +138,51 @@ async def test_a_lock_is_renewed_only_by_its_holder(store: SessionStore) -> None
     assert await store.acquire("sess_r", ttl_s=60) is None
     await store.release("sess_r", token)
     assert not await store.renew("sess_r", token, ttl_s=60)  # a released lock is not revived
+
+
+async def test_a_session_deleted_during_a_turn_stays_deleted(store: SessionStore) -> None:
+    """Before, the first turn of a session made by POST /sessions re-created it on commit."""
+    session = Session.new(None)
+    await store.commit(session, expected_turns=None)  # POST /sessions: no turns yet
+    during = session.model_copy(deep=True)
+    during.turns.append(turn("first"))
+    await store.delete(session.session_id)  # while the first turn generates
+    with pytest.raises(Conflict):
+        await store.commit(during, expected_turns=0)
+    assert await store.get(session.session_id) is None
+
+
+async def test_a_new_session_is_not_committed_over_an_existing_one(store: SessionStore) -> None:
+    session = Session.new(None)
+    await store.commit(session, expected_turns=None)
+    with pytest.raises(Conflict):
+        await store.commit(session, expected_turns=None)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("down"),
+        redis.TimeoutError("slow"),
+        redis.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+        redis.ReadOnlyError("You can't write against a read only replica."),
+        redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+    ],
+)
+async def test_every_redis_failure_is_store_unavailable(error: Exception) -> None:
+    from service.core.session_store import redis_available
+    from service.errors import StoreUnavailable
+
+    with pytest.raises(StoreUnavailable):
+        async with redis_available():
+            raise error
+
+
+async def test_a_key_of_the_wrong_type_in_real_redis_is_store_unavailable(redis_url: str) -> None:
+    from service.errors import StoreUnavailable
+
+    async with redis.Redis.from_url(redis_url) as client:
+        store = RedisSessionStore(client, ttl_s=60, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
+        await client.set(store.prefix + "sess_w", "a string where a hash belongs", ex=60)
+        with pytest.raises(StoreUnavailable):
+            await store.get("sess_w")

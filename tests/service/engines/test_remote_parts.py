@@ -1,15 +1,25 @@
-"""The remote engine's pure parts: the circuit breaker, vLLM's logprobs by token id, the prompt's encoding."""
+"""The remote engine's pure parts: the circuit breaker, vLLM's logprobs by token id, the prompt's encoding, the request
+it sends (a mock server: what a router reads of it)."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 
+import httpx
 import pytest
 import torch
 
-from service.engines.vllm_remote import CircuitBreaker, encode_prompt, token_logprobs
+from service.engines.base import Sampling
+from service.engines.vllm_remote import (
+    CircuitBreaker,
+    RemoteEngineConfig,
+    RemoteVLLMEngine,
+    encode_prompt,
+    token_logprobs,
+)
 from service.errors import EngineFailed
 
 pytestmark = pytest.mark.unit
@@ -45,3 +55,25 @@ def test_the_prompt_travels_exactly() -> None:
     prompt = torch.randn(7, 16)
     back = torch.load(io.BytesIO(base64.b64decode(encode_prompt(prompt))), weights_only=True)
     assert torch.equal(back, prompt)
+
+
+async def test_a_turn_names_its_session_for_the_router_and_sends_no_text_prompt() -> None:
+    """vllm-router keys consistent hashing on `x-session-id`, and reads the body as OpenAI's completion
+    request, which needs `prompt`: an empty list, which vLLM reads as no text prompt."""
+    seen: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        chunk = {"choices": [{"token_ids": [5], "finish_reason": "length"}]}
+        return httpx.Response(200, text=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url="http://router")
+    engine = RemoteVLLMEngine(RemoteEngineConfig("http://router", "adapter"), 2048, client)
+    sampling = Sampling(1, 0.0, 1.0, -1, None, ())
+    for affinity in ("sess_1", None):
+        assert [d.token_ids async for d in engine.generate("r", torch.zeros(3, 4), sampling, affinity)] == [[5]]
+    await engine.close()
+    keyed, plain = seen
+    assert keyed.headers["x-session-id"] == "sess_1" and "x-session-id" not in plain.headers
+    body = json.loads(keyed.content)
+    assert body["prompt"] == [] and body["model"] == "adapter" and body["prompt_embeds"]
