@@ -37,13 +37,20 @@ class ScriptedEngine:
         self.gate = gate
         self.aborted: list[str] = []
         self.prompts: list[torch.Tensor] = []
-        self.affinities: list[str | None] = []  # what each request asked a router to key its engine on
+        self.affinities: list[str | None] = []
+        self.cache_salts: list[str | None] = []  # what each request asked a router to key its engine on
 
     async def generate(
-        self, request_id: str, prompt: torch.Tensor, sampling: Sampling, affinity: str | None = None
+        self,
+        request_id: str,
+        prompt: torch.Tensor,
+        sampling: Sampling,
+        affinity: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         self.prompts.append(prompt)
         self.affinities.append(affinity)
+        self.cache_salts.append(cache_salt)
         finished = False
         try:
             for i, chunk in enumerate(self.chunks):

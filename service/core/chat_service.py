@@ -10,6 +10,7 @@ engine's admission, and turns the engine's tokens into final text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -31,6 +32,12 @@ from service.families.base import Exchange, Family, GenerationDefaults
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def cache_salt(tenant: str | None) -> str | None:
+    """Each tenant's prefix-cache namespace in the engine (auth off: one tenant, no salt). A digest:
+    vLLM takes at most 128 characters, and the tenant's id need not travel."""
+    return None if tenant is None else hashlib.sha256(f"pandaserve:{tenant}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,8 @@ class ChatService:
             records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
             result = None
             # The session's id keys the engine: behind a router, every turn reaches the engine holding its prefix.
-            reply = self._reply(session.history(), message, session.media() + records, request, session.session_id)
+            every_medium = session.media() + records
+            reply = self._reply(tenant, session.history(), message, every_medium, request, session.session_id)
             async with aclosing(reply) as events:
                 async for event in events:
                     if isinstance(event, TurnResult):
@@ -192,14 +200,19 @@ class ChatService:
             yield replace(result, session_id=session.session_id)
 
     async def complete(
-        self, history: list[Exchange], message: str, media: list[MediaInput], request: SamplingRequest
+        self,
+        tenant: str | None,
+        history: list[Exchange],
+        message: str,
+        media: list[MediaInput],
+        request: SamplingRequest,
     ) -> AsyncGenerator[TurnEvent, None]:
         """A stateless turn (no session): the history and every medium come with the request."""
         if not media:
             raise Unprocessable(
                 f"a chat needs at least one media file ({_one_of(self.family.modality_order)})", param="messages"
             )
-        async with aclosing(self._reply(history, message, await self._embed(media), request)) as events:
+        async with aclosing(self._reply(tenant, history, message, await self._embed(media), request)) as events:
             async for event in events:
                 yield event
 
@@ -258,6 +271,7 @@ class ChatService:
 
     async def _reply(
         self,
+        tenant: str | None,
         history: Sequence[Exchange],
         message: str,
         media: list[MediaRecord],
@@ -278,7 +292,9 @@ class ChatService:
         finish_reason = None
         try:
             with self.admission.admit(len(prompt)) as ticket:
-                async with aclosing(self.engine.generate(uuid.uuid4().hex, prompt, sampling, affinity)) as deltas:
+                async with aclosing(
+                    self.engine.generate(uuid.uuid4().hex, prompt, sampling, affinity, cache_salt(tenant))
+                ) as deltas:
                     async for out in deltas:
                         ticket.prefilled()
                         if out.queued_s is not None:

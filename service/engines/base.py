@@ -55,13 +55,20 @@ class Engine(Protocol):
     max_model_len: int
 
     def generate(
-        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling, affinity: str | None = None
+        self,
+        request_id: str,
+        prompt_embeds: torch.Tensor,
+        sampling: Sampling,
+        affinity: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Stream deltas; closing the iterator early aborts the request in the engine.
 
         `affinity` (a session's id) keys the engine choice where a router spreads requests over
         several engines, so a conversation's later turns find their prefix in one engine's cache.
-        An engine in this process has no choice to make and ignores it.
+        An engine in this process has no choice to make and ignores it. `cache_salt` (one per
+        tenant) keeps prefix-cache hits within requests of the same salt: a tenant cannot time
+        whether another tenant sent the same prompt.
         """
         ...
 

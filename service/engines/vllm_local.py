@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 import torch
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs.llm import EmbedsPrompt
 from vllm.logprobs import Logprob
 from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind
@@ -41,7 +42,12 @@ class LocalVLLMEngine:
         return cls(llm, lora, getattr(torch, settings["dtype"]))
 
     async def generate(
-        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling, affinity: str | None = None
+        self,
+        request_id: str,
+        prompt_embeds: torch.Tensor,
+        sampling: Sampling,
+        affinity: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         params = SamplingParams(
             max_tokens=sampling.max_tokens,
@@ -56,9 +62,10 @@ class LocalVLLMEngine:
         )
         finished, first = False, True
         try:
-            stream = self.llm.generate(
-                {"prompt_embeds": prompt_embeds.to(self.dtype)}, params, request_id, lora_request=self.lora
-            )
+            prompt: EmbedsPrompt = {"prompt_embeds": prompt_embeds.to(self.dtype)}
+            if cache_salt is not None:
+                prompt["cache_salt"] = cache_salt
+            stream = self.llm.generate(prompt, params, request_id, lora_request=self.lora)
             async for output in stream:
                 completion = output.outputs[0]
                 finished = output.finished

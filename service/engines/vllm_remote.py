@@ -141,9 +141,16 @@ class RemoteVLLMEngine:
         return body
 
     async def generate(
-        self, request_id: str, prompt_embeds: torch.Tensor, sampling: Sampling, affinity: str | None = None
+        self,
+        request_id: str,
+        prompt_embeds: torch.Tensor,
+        sampling: Sampling,
+        affinity: str | None = None,
+        cache_salt: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
         body = self._body(prompt_embeds, sampling) | {"request_id": request_id}
+        if cache_salt is not None:
+            body["cache_salt"] = cache_salt
         headers = {AFFINITY_HEADER: affinity} if affinity else {}
         started = False
         for attempt in range(self.config.retries + 1):

@@ -20,7 +20,7 @@ import sentencepiece as spm
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import ChatDep, LimitsDep, ResourcesDep, SettingsDep
+from service.api.deps import ChatDep, LimitsDep, ResourcesDep, SettingsDep, TenantDep
 from service.api.routes.chat import ERRORS
 from service.api.sse import sse, sse_error
 from service.api.v1_messages import to_turn
@@ -141,7 +141,12 @@ async def model(model: str, resources: ResourcesDep) -> ModelCard:
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS | STREAM)
 async def chat_completions(
-    body: ChatCompletionRequest, chat: ChatDep, settings: SettingsDep, limits: LimitsDep, resources: ResourcesDep
+    body: ChatCompletionRequest,
+    chat: ChatDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    limits: LimitsDep,
+    resources: ResourcesDep,
 ) -> ChatCompletion | StreamingResponse:
     """A stateless turn from OpenAI messages (see service/api/v1_messages.py for the mapping)."""
     served = served_model(resources, asked=body.model).id
@@ -155,7 +160,7 @@ async def chat_completions(
         top_n=body.top_logprobs or 0,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
-    events = chat.complete(history, message, media, sampling)
+    events = chat.complete(tenant, history, message, media, sampling)
     # The first event comes after the media and prompt checks: their errors stay plain 4xx.
     first = await anext(events)
     if body.stream:

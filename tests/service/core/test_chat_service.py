@@ -49,7 +49,7 @@ IMAGE = [MediaInput("image", b"png bytes", "image[0]")]
 
 async def run(chat: ChatService, request: SamplingRequest | None = None) -> tuple[list[TextDelta], TurnResult]:
     deltas: list[TextDelta] = []
-    async with aclosing(chat.complete([], "Hi", IMAGE, request or SamplingRequest())) as events:
+    async with aclosing(chat.complete(None, [], "Hi", IMAGE, request or SamplingRequest())) as events:
         async for event in events:
             if isinstance(event, TurnResult):
                 return deltas, event
@@ -180,3 +180,16 @@ async def test_a_turn_renews_its_lease_and_a_dead_holders_lease_runs_out(builder
     await asyncio.sleep(0.4)
     events = [e async for e in chat.turn("alice", sid, "Again", IMAGE, SamplingRequest())]
     assert isinstance(events[-1], TurnResult)
+
+
+async def test_each_tenant_has_its_own_prefix_cache_salt(builder, sp, stop_id) -> None:
+    engine = ScriptedEngine([[5], [EOS]])
+    chat = service(builder, stop_id, engine)
+    for tenant in ("alice", "bob", "alice"):
+        [e async for e in chat.turn(tenant, None, "Hello", IMAGE, SamplingRequest())]
+    [e async for e in chat.complete("bob", [], "Hello", IMAGE, SamplingRequest())]
+    [e async for e in chat.complete(None, [], "Hello", IMAGE, SamplingRequest())]  # auth off: one tenant
+    alice, bob, alice_again, bob_stateless, nobody = engine.cache_salts
+    assert alice == alice_again and bob == bob_stateless and alice != bob
+    assert alice is not None and len(alice) <= 128 and "alice" not in alice  # vLLM's limit; the id stays here
+    assert nobody is None
