@@ -137,13 +137,18 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
     client = redis.from_url(settings.redis_url) if settings.redis_url else None
     store: SessionStore
     limiter: RateLimiter
-    rpm, concurrency = settings.rate_limit_rpm, settings.rate_limit_concurrency
+    rpm, concurrency, failures = (
+        settings.rate_limit_rpm,
+        settings.rate_limit_concurrency,
+        settings.auth_failures_per_minute,
+    )
     if client is None:
-        store, limiter, shared = MemorySessionStore(settings.session_ttl_s), MemoryRateLimiter(rpm, concurrency), None
+        store, shared = MemorySessionStore(settings.session_ttl_s), None
+        limiter = MemoryRateLimiter(rpm, concurrency, failures)
     else:
         on_close.append(client.aclose)
         store = RedisSessionStore(client, settings.session_ttl_s)
-        limiter = RedisRateLimiter(client, rpm, concurrency)
+        limiter = RedisRateLimiter(client, rpm, concurrency, failures)
         shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s)
     await store.ping()
 

@@ -1,5 +1,6 @@
-"""The front door, before any body is read: no new work while draining, the API key, and the
-tenant's rate limit and in-flight cap, held until the response (or its stream) ends.
+"""The front door, before any body is read: no new work while draining, the API key (failures
+limited per client address), and the tenant's rate limit and in-flight cap, held until the
+response (or its stream) ends.
 
 An ASGI middleware rather than a route dependency: FastAPI parses a route's form and JSON body
 before its dependencies run, so a request with a bad key would upload its whole body first.
@@ -12,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.error_handlers import error_response
 from service.api.lifecycle import Lifecycle
-from service.errors import NotReady, ServiceError
+from service.errors import NotReady, ServiceError, Unauthorized
 
 # Probes and the contract need no key and count against no limit.
 PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -36,8 +37,16 @@ class AdmissionMiddleware:
         except ServiceError as exc:
             await error_response(exc)(scope, receive, send)
             return
+        # The TCP peer (uvicorn puts the forwarded client there only from proxies it trusts).
+        address = (scope.get("client") or ("unknown",))[0]
         try:
-            tenant = resources.keys.tenant(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+            if resources.keys.enabled:
+                await resources.limiter.check_address(address)  # before the key: no guessing at speed
+            try:
+                tenant = resources.keys.tenant(dict(scope["headers"]).get(b"authorization", b"").decode("latin-1"))
+            except Unauthorized:
+                await resources.limiter.failed_auth(address)
+                raise
             limited_as = tenant or "anonymous"  # auth off: one bucket for all
             await resources.limiter.enter(limited_as)
         except ServiceError as exc:

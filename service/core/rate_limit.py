@@ -1,7 +1,8 @@
-"""Per-tenant admission: a token bucket of requests per minute and a cap on requests in flight.
+"""Per-tenant admission: a token bucket of requests per minute and a cap on requests in flight; and
+per client address, failed authentications per minute (so keys cannot be guessed at speed).
 
 In Redis when sessions are there (shared by every replica), in memory for the embedded default.
-Over either limit: TooManyRequests (429) with Retry-After.
+Over any limit: TooManyRequests (429) with Retry-After.
 """
 
 from __future__ import annotations
@@ -23,6 +24,24 @@ class RateLimiter(Protocol):
 
     async def leave(self, tenant: str) -> None: ...
 
+    async def check_address(self, address: str) -> None:
+        """Raise TooManyRequests while `address` has used up its failed authentications this minute."""
+        ...
+
+    async def failed_auth(self, address: str) -> None:
+        """Count one failed authentication from `address` (a fixed one-minute window)."""
+        ...
+
+
+AUTH_WINDOW_S = 60
+
+
+def _refused_by_failures(limit: int, wait_s: float) -> TooManyRequests:
+    return TooManyRequests(
+        f"{limit} failed authentications from this address in a minute; wait before trying again",
+        retry_after_s=max(1, math.ceil(wait_s)),
+    )
+
 
 def _refused_by_rate(wait_s: float, rpm: int) -> TooManyRequests:
     return TooManyRequests(f"rate limit of {rpm} requests per minute reached", retry_after_s=max(1, math.ceil(wait_s)))
@@ -33,10 +52,11 @@ def _refused_by_concurrency(limit: int) -> TooManyRequests:
 
 
 class MemoryRateLimiter:
-    def __init__(self, rpm: int, concurrency: int) -> None:
-        self.rpm, self.concurrency = rpm, concurrency
+    def __init__(self, rpm: int, concurrency: int, auth_failures: int = 20) -> None:
+        self.rpm, self.concurrency, self.auth_failures = rpm, concurrency, auth_failures
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
         self._in_flight: dict[str, int] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, window start)
 
     async def enter(self, tenant: str) -> None:
         now = time.monotonic()
@@ -51,6 +71,22 @@ class MemoryRateLimiter:
 
     async def leave(self, tenant: str) -> None:
         self._in_flight[tenant] = max(0, self._in_flight.get(tenant, 1) - 1)
+
+    def _window(self, address: str) -> tuple[int, float]:
+        count, start = self._failures.get(address, (0, 0.0))
+        if time.monotonic() - start >= AUTH_WINDOW_S:
+            self._failures.pop(address, None)  # also what keeps the map small
+            return 0, time.monotonic()
+        return count, start
+
+    async def check_address(self, address: str) -> None:
+        count, start = self._window(address)
+        if count >= self.auth_failures:
+            raise _refused_by_failures(self.auth_failures, start + AUTH_WINDOW_S - time.monotonic())
+
+    async def failed_auth(self, address: str) -> None:
+        count, start = self._window(address)
+        self._failures[address] = (count + 1, start)
 
 
 # KEYS: bucket, in-flight counter. ARGV: rpm, concurrency, now (ms).
@@ -71,8 +107,16 @@ return 0
 
 
 class RedisRateLimiter:
-    def __init__(self, client: redis.Redis, rpm: int, concurrency: int, prefix: str = "pandaserve:rate:") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        rpm: int,
+        concurrency: int,
+        auth_failures: int = 20,
+        prefix: str = "pandaserve:rate:",
+    ) -> None:
         self.client, self.rpm, self.concurrency, self.prefix = client, rpm, concurrency, prefix
+        self.auth_failures = auth_failures
         self._enter = client.register_script(_ENTER)
 
     def _keys(self, tenant: str) -> list[str]:
@@ -90,3 +134,19 @@ class RedisRateLimiter:
     async def leave(self, tenant: str) -> None:
         async with redis_available():
             await self.client.decr(self._keys(tenant)[1])
+
+    async def check_address(self, address: str) -> None:
+        key = f"{self.prefix}auth-failures:{address}"
+        async with redis_available(), self.client.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            count, ttl_ms = await pipe.execute()
+        if int(count or 0) >= self.auth_failures:
+            raise _refused_by_failures(self.auth_failures, max(ttl_ms, 0) / 1000)
+
+    async def failed_auth(self, address: str) -> None:
+        key = f"{self.prefix}auth-failures:{address}"
+        async with redis_available(), self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, AUTH_WINDOW_S, nx=True)  # the window starts at its first failure
+            await pipe.execute()

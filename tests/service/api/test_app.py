@@ -184,3 +184,16 @@ async def test_a_v1_conversation_is_bounded_before_anything_is_tokenized(
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "messages"
     assert engine.prompts == []
+
+
+async def test_failed_authentications_are_limited_per_address_before_the_key_is_checked(demo_bundle: Path) -> None:
+    """Before, keys could be guessed at the full request rate."""
+    async with client(demo_bundle, ScriptedEngine([[5]])) as c:
+        statuses = [
+            (await c.get("/sessions/sess_" + "0" * 32, headers={"Authorization": f"Bearer guess{i}"})).status_code
+            for i in range(20)
+        ]
+        assert statuses == [401] * 20
+        right_key = await c.get("/sessions/sess_" + "0" * 32, headers={"Authorization": f"Bearer {KEY}"})
+    # Even the right key is refused now: a guesser learns nothing more from this address this minute.
+    assert right_key.status_code == 429 and "retry-after" in right_key.headers
