@@ -176,6 +176,7 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
         tracer=tracer,
         admission=EngineAdmission(settings.max_engine_requests, settings.max_queued_prompt_tokens),
         lock_ttl_s=settings.session_lock_ttl_s,
+        max_session_media=settings.max_session_media,
     )
     return Resources(
         chat=chat,

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     max_imu_samples: int = Field(default=100_000, gt=0)
     max_csv_line_bytes: int = Field(default=4_096, gt=0, description="one line of an IMU CSV")
     max_message_chars: int = Field(default=16_000, gt=0)
+    max_session_media: int = Field(default=64, gt=0, description="media files a session holds, all turns together")
     # /v1 sends the whole conversation with every request: bounded before anything is tokenized.
     max_messages: int = Field(default=256, gt=0, description="messages in one /v1 request")
     max_conversation_chars: int = Field(default=128_000, gt=0, description="their text, all together")

@@ -8,6 +8,8 @@ before its dependencies run, so a request with a bad key would upload its whole 
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -58,6 +60,6 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             try:
-                await resources.limiter.leave(limited_as)
+                await asyncio.shield(resources.limiter.leave(limited_as))  # even when cancelled: no slot leaks
             finally:
                 lifecycle.leave()

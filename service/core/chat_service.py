@@ -121,6 +121,7 @@ class ChatService:
         tracer: trace.Tracer,
         admission: EngineAdmission,
         lock_ttl_s: float = 30.0,
+        max_session_media: int = 64,
     ) -> None:
         self.encoder = encoder
         self.family = family
@@ -132,6 +133,7 @@ class ChatService:
         self.tracer = tracer
         self.admission = admission
         self.lock_ttl_s = lock_ttl_s
+        self.max_session_media = max_session_media
 
     def sampling(self, request: SamplingRequest, prompt_tokens: int) -> Sampling:
         d = self.generation
@@ -175,6 +177,14 @@ class ChatService:
             order = self.family.modality_order
             if not media and not session.media():
                 raise Unprocessable(f"the first turn of a chat needs at least one media file ({_one_of(order)})")
+            # Every turn's prompt holds every medium so far, and the session stores each: bounded.
+            room = self.max_session_media - len(session.media())
+            if len(media) > room:
+                raise BadRequest(
+                    f"a session holds at most {self.max_session_media} media files and has room for {max(room, 0)} "
+                    "more; start a new session",
+                    param=media[max(room, 0)].field,
+                )
             records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
             result = None
             # The session's id keys the engine: behind a router, every turn reaches the engine holding its prefix.
@@ -235,7 +245,8 @@ class ChatService:
             yield await self._load(tenant, session_id)
         finally:
             lease.cancel()
-            await self.store.release(session_id, lock)
+            # Shielded: a turn cancelled here (a client gone, a shutdown) still unlocks its session.
+            await asyncio.shield(self.store.release(session_id, lock))
 
     async def _renew(self, session_id: str, lock: str) -> None:
         """Keep the lock while the turn runs. Losing it is logged, not fatal: the commit's turn-count

@@ -124,10 +124,22 @@ class SessionStore(Protocol):
 
 
 class MemorySessionStore:
+    SWEEP_EVERY_S = 60.0
+
     def __init__(self, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         self._items: dict[str, tuple[int, str, float]] = {}  # id -> (turns, json, expires_at)
         self._locks: dict[str, tuple[str, float]] = {}  # id -> (token, expires_at)
+        self._swept_at = time.monotonic()
+
+    def _sweep(self) -> None:
+        """Forget expired sessions and locks (Redis expires keys itself; this map would only grow)."""
+        now = time.monotonic()
+        if now - self._swept_at < self.SWEEP_EVERY_S:
+            return
+        self._swept_at = now
+        self._items = {k: v for k, v in self._items.items() if v[2] > now}
+        self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
 
     def _live(self, session_id: str) -> tuple[int, str, float] | None:
         item = self._items.get(session_id)
@@ -144,6 +156,7 @@ class MemorySessionStore:
         return Session.model_validate_json(item[1])
 
     async def commit(self, session: Session, expected_turns: int | None) -> None:
+        self._sweep()
         # No await between the check and the write: atomic on the event loop.
         item = self._live(session.session_id)
         if (item[0] if item else None) != expected_turns:

@@ -18,7 +18,7 @@ import sentencepiece as spm
 from encoders.media import MediaInput
 from service.core.chat_service import ChatService, SamplingRequest, TurnResult
 from service.core.reply import TextDelta
-from service.errors import Conflict, NotFound, Unprocessable
+from service.errors import BadRequest, Conflict, NotFound, Unprocessable
 from tests.fakes import ScriptedEngine, chat_service
 
 pytestmark = pytest.mark.unit
@@ -193,3 +193,35 @@ async def test_each_tenant_has_its_own_prefix_cache_salt(builder, sp, stop_id) -
     assert alice == alice_again and bob == bob_stateless and alice != bob
     assert alice is not None and len(alice) <= 128 and "alice" not in alice  # vLLM's limit; the id stays here
     assert nobody is None
+
+
+async def test_a_session_holds_a_bounded_number_of_media(builder, sp, stop_id) -> None:
+    chat = service(builder, stop_id, ScriptedEngine([[5], [EOS]]))
+    chat.max_session_media = 3
+    sid = (await chat.create_session("alice", {})).session_id
+    two = [MediaInput("image", b"a", "image[0]"), MediaInput("image", b"b", "image[1]")]
+    [e async for e in chat.turn("alice", sid, "Hello", two, SamplingRequest())]
+    with pytest.raises(BadRequest) as refused:
+        [e async for e in chat.turn("alice", sid, "More", two, SamplingRequest())]
+    assert refused.value.param == "image[1]"  # the first file past the cap
+    assert len((await chat.get_session("alice", sid)).turns) == 1  # nothing committed
+    [e async for e in chat.turn("alice", sid, "One more", two[:1], SamplingRequest())]  # room for one
+
+
+async def test_a_cancelled_turn_still_unlocks_its_session(builder, sp, stop_id) -> None:
+    gate = asyncio.Event()
+    chat = service(builder, stop_id, ScriptedEngine([[t] for t in ids(sp, "one two three")], gate=gate))
+    sid = (await chat.create_session("alice", {})).session_id
+
+    async def consume() -> None:
+        [e async for e in chat.turn("alice", sid, "Hello", IMAGE, SamplingRequest())]
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)  # generating, blocked at the gate
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)  # the shielded release completes
+    gate.set()
+    events = [e async for e in chat.turn("alice", sid, "Again", IMAGE, SamplingRequest())]
+    assert isinstance(events[-1], TurnResult)

@@ -186,3 +186,15 @@ async def test_a_key_of_the_wrong_type_in_real_redis_is_store_unavailable(redis_
         await client.set(store.prefix + "sess_w", "a string where a hash belongs", ex=60)
         with pytest.raises(StoreUnavailable):
             await store.get("sess_w")
+
+
+async def test_the_memory_store_forgets_expired_sessions() -> None:
+    """Before, an expired session stayed in the map until read again: memory grew with every session."""
+    store = MemorySessionStore(ttl_s=1)
+    old = [Session.new(None) for _ in range(5)]
+    for session in old:
+        await store.commit(session, None)
+    store._items = {k: (t, j, time.monotonic() - 1) for k, (t, j, _) in store._items.items()}  # all expired
+    store._swept_at -= store.SWEEP_EVERY_S
+    await store.commit(Session.new(None), None)
+    assert len(store._items) == 1
