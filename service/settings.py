@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     rate_limit_rpm: int = Field(default=600, gt=0, description="requests per minute per API key")
     rate_limit_concurrency: int = Field(default=32, gt=0, description="requests in flight per API key")
     auth_failures_per_minute: int = Field(default=20, gt=0, description="per client address, then 429")
+    public_metrics_and_docs: bool = Field(default=True, description="false: /metrics and /docs need a key too")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
     # OpenTelemetry: spans are exported over OTLP/HTTP to this URL (e.g. http://collector:4318/v1/traces).
     otlp_traces_endpoint: str | None = None

@@ -17,17 +17,21 @@ from service.api.error_handlers import error_response
 from service.api.lifecycle import Lifecycle
 from service.errors import NotReady, ServiceError, Unauthorized
 
-# Probes and the contract need no key and count against no limit.
-PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# Probes need no key and count against no limit; nor do the metrics and the contract, unless the
+# operator keeps them for key holders (PANDASERVE_PUBLIC_METRICS_AND_DOCS=false: the metrics show
+# every tenant's traffic and cache behaviour).
+PROBES = frozenset({"/healthz", "/readyz"})
+OPS = frozenset({"/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, state: State) -> None:
         self.app = app
         self.state = state  # the app's: its lifecycle, and the resources once the lifespan built them
+        self.public = PROBES | OPS if state.settings.public_metrics_and_docs else PROBES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC:
+        if scope["type"] != "http" or scope["path"] in self.public:
             await self.app(scope, receive, send)
             return
         lifecycle: Lifecycle = self.state.lifecycle

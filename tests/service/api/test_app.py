@@ -197,3 +197,15 @@ async def test_failed_authentications_are_limited_per_address_before_the_key_is_
         right_key = await c.get("/sessions/sess_" + "0" * 32, headers={"Authorization": f"Bearer {KEY}"})
     # Even the right key is refused now: a guesser learns nothing more from this address this minute.
     assert right_key.status_code == 429 and "retry-after" in right_key.headers
+
+
+@pytest.mark.parametrize("public", [True, False])
+async def test_metrics_and_docs_can_be_kept_for_key_holders(demo_bundle: Path, public: bool) -> None:
+    settings = Settings(public_metrics_and_docs=public)
+    app = create_app(settings, resources(chat_service(demo_bundle, ScriptedEngine([[5]])), keys=[KEY]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        anonymous = [(await c.get(path)).status_code for path in ("/metrics", "/openapi.json", "/docs")]
+        keyed = (await c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).status_code
+        probes = [(await c.get(path)).status_code for path in ("/healthz", "/readyz")]
+    assert anonymous == ([200] * 3 if public else [401] * 3)
+    assert keyed == 200 and probes == [200, 200]
