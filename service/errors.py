@@ -27,6 +27,11 @@ class Conflict(ServiceError):
     """Another turn of the session runs, or committed first."""
 
 
+class ClientGone(ServiceError):
+    """The client closed its connection before its (not streamed) answer was ready: the turn was
+    abandoned, as a streamed one is, and nothing committed."""
+
+
 class Unprocessable(ServiceError):
     """Valid request shape, but the content cannot be served (e.g. a first turn without media)."""
 

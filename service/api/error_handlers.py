@@ -24,6 +24,7 @@ from encoders.errors import (
 )
 from service.errors import (
     BadRequest,
+    ClientGone,
     Conflict,
     EngineFailed,
     NotFound,
@@ -43,6 +44,7 @@ TABLE: list[tuple[type[Exception], int, str]] = [
     (Unauthorized, 401, "authentication_error"),
     (NotFound, 404, "not_found_error"),
     (Conflict, 409, "conflict_error"),
+    (ClientGone, 499, "client_closed_request"),  # nginx's code: nobody reads it, the access log does
     (Unprocessable, 422, "unprocessable_entity_error"),
     (MediaTooLarge, 413, "payload_too_large_error"),  # MediaTooCostly too: over a decode's cost bound
     (UnsupportedMediaType, 415, "unsupported_media_type_error"),

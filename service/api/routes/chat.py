@@ -6,10 +6,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import ChatDep, LimitsDep, TenantDep
+from service.api.disconnect import unless_disconnected
 from service.api.schemas import (
     ChatResponse,
     ErrorResponse,
@@ -67,6 +68,7 @@ async def event_stream(
 
 @router.post("/chat", response_model=ChatResponse, responses=ERRORS | STREAM)
 async def chat(
+    request: Request,
     chat: ChatDep,
     tenant: TenantDep,
     limits: LimitsDep,
@@ -88,4 +90,4 @@ async def chat(
     first = await anext(events)
     if stream:
         return StreamingResponse(event_stream(first, events, return_token_ids), media_type="text/event-stream")
-    return response(await final_result(first, events), return_token_ids)
+    return response(await unless_disconnected(request, final_result(first, events)), return_token_ids)

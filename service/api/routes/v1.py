@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sentencepiece as spm
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import ChatDep, LimitsDep, ResourcesDep, SettingsDep, TenantDep
+from service.api.disconnect import unless_disconnected
 from service.api.routes.chat import ERRORS
 from service.api.sse import sse, sse_error
 from service.api.v1_messages import to_turn
@@ -142,6 +143,7 @@ async def model(model: str, resources: ResourcesDep) -> ModelCard:
 @router.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS | STREAM)
 async def chat_completions(
     body: ChatCompletionRequest,
+    request: Request,
     chat: ChatDep,
     tenant: TenantDep,
     settings: SettingsDep,
@@ -165,7 +167,7 @@ async def chat_completions(
     first = await anext(events)
     if body.stream:
         return StreamingResponse(completion.stream(first, events), media_type="text/event-stream")
-    event = await final_result(first, events)
+    event = await unless_disconnected(request, final_result(first, events))
     choice = Choice(
         message=AssistantReply(content=event.reply),
         finish_reason=event.finish_reason,  # type: ignore[arg-type]

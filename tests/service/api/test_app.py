@@ -3,9 +3,11 @@ before any body is read, and /chat and /v1 carry a turn end to end."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -209,3 +211,72 @@ async def test_metrics_and_docs_can_be_kept_for_key_holders(demo_bundle: Path, p
         probes = [(await c.get(path)).status_code for path in ("/healthz", "/readyz")]
     assert anonymous == ([200] * 3 if public else [401] * 3)
     assert keyed == 200 and probes == [200, 200]
+
+
+async def asgi_post(app: Any, path: str, request: httpx.Request, gone: asyncio.Event) -> list[dict[str, Any]]:
+    """POST `request` to the ASGI app, as a client that disconnects once `gone` is set."""
+    body = request.read()
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    await app(scope, receive, send)
+    return messages
+
+
+@pytest.mark.parametrize("route", ["/chat", "/v1/chat/completions"])
+async def test_a_non_streamed_turn_whose_client_goes_is_aborted_and_not_committed(
+    demo_bundle: Path, sp: spm.SentencePieceProcessor, route: str
+) -> None:
+    """Before, it generated to the end and committed a turn nobody received."""
+    gate = asyncio.Event()  # the engine stops after two tokens until set: the client leaves meanwhile
+    engine = ScriptedEngine([[t] for t in sp.encode("one two three four")], gate=gate)
+    chat = chat_service(demo_bundle, engine)
+    app = create_app(Settings(), resources(chat, keys=[KEY]))
+    sid = (await chat.create_session(chat_tenant(app), {})).session_id
+    auth = {"Authorization": f"Bearer {KEY}"}
+    if route == "/chat":
+        form = {"message": "Hi", "session_id": sid}
+        request = httpx.Request("POST", "http://test/chat", data=form, files={"image": ("a", b"x")}, headers=auth)
+    else:
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+        body = {"model": "demo", "messages": [{"role": "user", "content": [image, {"type": "text", "text": "Hi"}]}]}
+        request = httpx.Request("POST", "http://test/v1/chat/completions", json=body, headers=auth)
+    gone = asyncio.Event()
+    answer = asyncio.create_task(asgi_post(app, route, request, gone))
+    await asyncio.sleep(0.5)  # the turn is generating, held at the gate
+    gone.set()
+    messages = await asyncio.wait_for(answer, timeout=10)
+    assert messages[0]["status"] == 499
+    assert len(engine.aborted) == 1  # the engine's request was aborted
+    assert (await chat.get_session(chat_tenant(app), sid)).turns == []  # nothing committed
+
+
+def chat_tenant(app: Any) -> str | None:
+    return app.state.resources.keys.tenant(f"Bearer {KEY}")
