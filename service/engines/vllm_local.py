@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 import torch
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.inputs.llm import EmbedsPrompt
 from vllm.logprobs import Logprob
 from vllm.lora.request import LoRARequest
@@ -21,7 +22,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from service.engines.base import Delta, EngineConfig, Sampling, TokenLogprob
 from service.engines.vllm_settings import ADAPTER, engine_settings
-from service.errors import EngineFailed
+from service.errors import BadRequest, EngineFailed
 
 
 class LocalVLLMEngine:
@@ -49,19 +50,19 @@ class LocalVLLMEngine:
         affinity: str | None = None,
         cache_salt: str | None = None,
     ) -> AsyncGenerator[Delta, None]:
-        params = SamplingParams(
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            seed=sampling.seed,
-            stop_token_ids=list(sampling.stop_token_ids),
-            logprobs=sampling.logprobs,
-            detokenize=False,  # the service decodes with SentencePiece, as the original did
-            output_kind=RequestOutputKind.DELTA,
-        )
         finished, first = False, True
         try:
+            params = SamplingParams(
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                seed=sampling.seed,
+                stop_token_ids=list(sampling.stop_token_ids),
+                logprobs=sampling.logprobs,
+                detokenize=False,  # the service decodes with SentencePiece, as the original did
+                output_kind=RequestOutputKind.DELTA,
+            )
             prompt: EmbedsPrompt = {"prompt_embeds": prompt_embeds.to(self.dtype)}
             if cache_salt is not None:
                 prompt["cache_salt"] = cache_salt
@@ -81,6 +82,8 @@ class LocalVLLMEngine:
                 first = False
         except EngineDeadError as exc:
             raise EngineFailed("the inference engine stopped; retry later") from exc
+        except VLLMClientError as exc:  # what vLLM itself calls the request's fault: the caller's 400
+            raise BadRequest(f"the inference engine refused the request: {exc}") from exc
         finally:
             if not finished:
                 await self.llm.abort(request_id)

@@ -12,6 +12,7 @@ import torch
 from service.bundle import load_bundle
 from service.core.prompt import PromptAssembler
 from service.engines.base import Sampling
+from service.errors import BadRequest
 from service.families import load_family
 from service.resources import engine_config
 from service.settings import Settings
@@ -72,4 +73,21 @@ async def test_closing_the_stream_early_aborts_the_request(engine, prompt: torch
     await stream.aclose()
     assert not engine.llm.output_processor.request_states  # nothing left running in the engine
     ids, _ = await collect(engine.generate("after", prompt, greedy(3)))
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(max_tokens=4, temperature=0.0, top_p=1.0, top_k=-1, seed=None, stop_token_ids=(), logprobs=10_000),
+        Sampling(max_tokens=4, temperature=-1.0, top_p=1.0, top_k=-1, seed=None, stop_token_ids=()),
+    ],
+    ids=["logprobs beyond the engine's maximum", "negative temperature"],
+)
+async def test_what_vllm_calls_the_requests_fault_is_a_bad_request(engine, prompt: torch.Tensor, sampling) -> None:
+    """Before, vLLM's own validation errors reached the edge as 500s."""
+    with pytest.raises(BadRequest, match="the inference engine refused the request"):
+        await collect(engine.generate("refused", prompt, sampling))
+    assert not engine.llm.output_processor.request_states  # nothing left behind
+    ids, _ = await collect(engine.generate("after-refused", prompt, greedy(3)))
     assert len(ids) == 3
