@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -269,13 +270,15 @@ def media_server() -> Iterator[str]:
         thread.join()
 
 
-async def fetch(url: str, hosts: str = "127.0.0.1", timeout_s: float = 5, max_bytes: int = 1024) -> bytes:
-    allowed = remote_media.allowed_hosts(hosts)
+async def fetch(url: str, hosts: str | None = None, timeout_s: float = 5, max_bytes: int = 1024) -> bytes:
+    """`url` fetched with `hosts` allowed (default: its own host and port)."""
+    allowed = remote_media.allowed_hosts(httpx.URL(url).netloc.decode() if hosts is None else hosts)
     return await remote_media.fetch(url, hosts=allowed, timeout_s=timeout_s, max_bytes=max_bytes, field="f")
 
 
 async def test_remote_media_from_an_allowed_host(media_server: str) -> None:
-    assert await fetch(f"{media_server}/image.png", hosts="example.org, 127.0.0.1", max_bytes=len(PNG)) == PNG
+    netloc = httpx.URL(media_server).netloc.decode()
+    assert await fetch(f"{media_server}/image.png", hosts=f"example.org, {netloc}", max_bytes=len(PNG)) == PNG
 
 
 @pytest.mark.parametrize(
@@ -283,19 +286,40 @@ async def test_remote_media_from_an_allowed_host(media_server: str) -> None:
     [
         ("/image.png", "", "disabled"),
         ("/image.png", "localhost", "allow-list"),
-        ("/redirect", "127.0.0.1", "redirect"),
-        ("/missing", "127.0.0.1", "HTTP 404"),
+        ("/image.png", "127.0.0.1", "allow-list"),  # the host, but only on port 80: not any port
+        # Every failure past the allow-list reads the same: nothing about the network behind it.
+        ("/redirect", None, "the URL could not be fetched"),
+        ("/missing", None, "the URL could not be fetched"),
     ],
 )
-async def test_remote_media_refused(media_server: str, path: str, hosts: str, problem: str) -> None:
+async def test_remote_media_refused(media_server: str, path: str, hosts: str | None, problem: str) -> None:
     with pytest.raises(BadRequest, match=problem) as info:
         await fetch(media_server + path, hosts=hosts, max_bytes=len(PNG))
     assert info.value.param == "f"
 
 
+async def test_remote_media_open_and_closed_ports_read_the_same(media_server: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    answers = []
+    for url in (f"http://127.0.0.1:{closed}/image.png", f"{media_server}/missing"):
+        with pytest.raises(BadRequest) as info:
+            await fetch(url)
+        answers.append(str(info.value))
+    assert answers[0] == answers[1] == "f: the URL could not be fetched"
+
+
+async def test_an_allowed_name_that_resolves_inside_is_not_fetched(media_server: str) -> None:
+    """Before, an allow-listed name resolving to loopback was fetched (a way into the internal network)."""
+    port = httpx.URL(media_server).port
+    with pytest.raises(BadRequest, match="could not be fetched"):
+        await fetch(f"http://localhost:{port}/image.png", hosts=f"localhost:{port}", max_bytes=len(PNG))
+
+
 async def test_remote_media_other_schemes_refused() -> None:
     with pytest.raises(BadRequest, match="only http and https"):
-        await fetch("ftp://127.0.0.1/image.png")
+        await fetch("ftp://127.0.0.1/image.png", hosts="127.0.0.1")
 
 
 @pytest.mark.parametrize("path", ["/big", "/big-unsized"])
@@ -306,12 +330,12 @@ async def test_remote_media_over_the_size_cap(media_server: str, path: str) -> N
 
 
 async def test_remote_media_timeout(media_server: str) -> None:
-    with pytest.raises(BadRequest, match="longer than"):
+    with pytest.raises(BadRequest, match="could not be fetched"):
         await fetch(f"{media_server}/slow", timeout_s=0.3, max_bytes=len(PNG))
 
 
 async def test_messages_to_turn(media_server: str) -> None:
-    settings = Settings(remote_media_hosts="127.0.0.1")
+    settings = Settings(remote_media_hosts=httpx.URL(media_server).netloc.decode())
     request = ChatCompletionRequest.model_validate(
         body(
             "m",
