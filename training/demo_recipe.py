@@ -34,7 +34,7 @@ from training.staging import staged_dir
 # Stage "align" (nanoGPT style: edit here). 10 epochs of 4,800 images at 16 per step = 3,000 optimizer
 # steps. Measured: the tiny LLaMA starts to read the image only after ~250 steps (the loss sits at its
 # text-only floor until then); then colour comes first, shape later. On 200 held-out images over HTTP
-# this gives colour 99.5%, shape 75% (with demo_vision's whitening floor 1e-4; 64.5% at 1e-3).
+# this gives colour 98%, shape 74% (with demo_vision's whitening floor 1e-4; 64.5% at 1e-3).
 # The lr is higher than the original's 5e-4 for 13B: this model has 2.6M parameters.
 ALIGN_IMAGES = 4800
 ALIGN_SEED = 300  # a split of training/synthetic.py apart from the text stage's and the held-out tests'

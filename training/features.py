@@ -33,7 +33,7 @@ from encoders.media import MediaInput
 from encoders.pool import Batching, EncoderPool
 
 MODALITY = "image"
-CHUNK = 256  # files read and in flight at once
+CHUNK = 64  # files read and in flight at once, and encoded in one forward
 SHARD_SIZE = 4096  # embeddings per shard (16 MiB at 1024-d float32)
 
 
@@ -125,7 +125,11 @@ async def _encode_into(
     decode_workers: int,
     progress: bool,
 ) -> None:
-    batching = Batching(max_batch_size=64, max_wait_ms=50, decode_workers=decode_workers, max_decode_queue=CHUNK)
+    # One forward per chunk, always of the same files: a batch closes only when the chunk's files are
+    # all decoded, never on a timer. Batches that formed as decoding happened to finish made the
+    # features differ in their last bits from build to build, and the whitened features (demo_vision)
+    # amplify such differences: the same recipe taught the demo shapes at 67% or 75% by chance.
+    batching = Batching(max_batch_size=CHUNK, max_wait_ms=60_000, decode_workers=decode_workers, max_decode_queue=CHUNK)
     pool = EncoderPool(model, limits, [MODALITY], batching=batching, device=device)
     pending: dict[str, torch.Tensor] = {}
     bar = tqdm(total=len(todo), desc="encoding images", disable=not progress, unit="file")
