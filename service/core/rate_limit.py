@@ -122,6 +122,9 @@ class RedisRateLimiter:
     def _keys(self, tenant: str) -> list[str]:
         return [f"{self.prefix}{tenant}:bucket", f"{self.prefix}{tenant}:in_flight"]
 
+    def _failures_key(self, address: str) -> str:
+        return f"{self.prefix}auth-failures:{address}"
+
     async def enter(self, tenant: str) -> None:
         args = [self.rpm, self.concurrency, int(time.time() * 1000)]
         async with redis_available():
@@ -136,7 +139,7 @@ class RedisRateLimiter:
             await self.client.decr(self._keys(tenant)[1])
 
     async def check_address(self, address: str) -> None:
-        key = f"{self.prefix}auth-failures:{address}"
+        key = self._failures_key(address)
         async with redis_available(), self.client.pipeline(transaction=False) as pipe:
             pipe.get(key)
             pipe.pttl(key)
@@ -145,7 +148,7 @@ class RedisRateLimiter:
             raise _refused_by_failures(self.auth_failures, max(ttl_ms, 0) / 1000)
 
     async def failed_auth(self, address: str) -> None:
-        key = f"{self.prefix}auth-failures:{address}"
+        key = self._failures_key(address)
         async with redis_available(), self.client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, AUTH_WINDOW_S, nx=True)  # the window starts at its first failure

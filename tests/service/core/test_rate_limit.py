@@ -43,5 +43,5 @@ async def test_the_window_ends(limiter: RateLimiter) -> None:
         limiter._failures["10.0.0.3"] = (count, start - 61)
     else:
         assert isinstance(limiter, RedisRateLimiter)
-        await limiter.client.delete(f"{limiter.prefix}auth-failures:10.0.0.3")  # what its expiry does
+        await limiter.client.delete(limiter._failures_key("10.0.0.3"))  # what its expiry does
     await limiter.check_address("10.0.0.3")
