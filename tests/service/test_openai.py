@@ -350,7 +350,7 @@ async def test_messages_to_turn(media_server: str) -> None:
             ],
         )
     )
-    history, message, media = await to_turn(request.messages, settings, settings.turn_limits())
+    history, message, media = await to_turn(request.messages, settings, settings.turn_limits(), None)
     assert history == [("a\nb", "c")] and message == ""
     assert [(m.modality, m.field) for m in media] == [
         ("image", "messages[1].content[1]"),
