@@ -17,7 +17,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-
 # How a tenant travels to the encoder service (`pandaserve encoders serve`), which trusts its callers:
 # the API replicas, behind the network policy.
 TENANT_HEADER = "x-pandaserve-tenant"

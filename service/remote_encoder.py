@@ -40,9 +40,7 @@ class RemoteEncoder:
         headers = {TENANT_HEADER: tenant} if tenant is not None else {}
         try:
             async with self._slots:
-                response = await self.client.post(
-                    "/v1/encode", params={"output": output}, files=files, headers=headers
-                )
+                response = await self.client.post("/v1/encode", params={"output": output}, files=files, headers=headers)
         except httpx.HTTPError as exc:
             raise EncoderUnavailable(
                 f"the encoder service at {self.url} is unavailable ({type(exc).__name__})"

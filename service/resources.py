@@ -143,11 +143,11 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
         settings.auth_failures_per_minute,
     )
     if client is None:
-        store, shared = MemorySessionStore(settings.session_ttl_s), None
+        store, shared = MemorySessionStore(settings.session_ttl_s, settings.max_sessions_per_key), None
         limiter = MemoryRateLimiter(rpm, concurrency, failures)
     else:
         on_close.append(client.aclose)
-        store = RedisSessionStore(client, settings.session_ttl_s)
+        store = RedisSessionStore(client, settings.session_ttl_s, settings.max_sessions_per_key)
         limiter = RedisRateLimiter(client, rpm, concurrency, failures, settings.in_flight_deadline_s)
         shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s)
     await store.ping()

@@ -353,5 +353,4 @@ class ChatService:
         return session
 
     async def delete_session(self, tenant: str | None, session_id: str) -> None:
-        await self._load(tenant, session_id)
-        await self.store.delete(session_id)
+        await self.store.delete(await self._load(tenant, session_id))

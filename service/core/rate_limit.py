@@ -142,7 +142,7 @@ class RedisRateLimiter:
 
     async def enter(self, tenant: str) -> str:
         slot = uuid.uuid4().hex
-        args = [self.rpm, self.concurrency, int(time.time() * 1000), slot, self.slot_deadline_ms]
+        args: list[str | int] = [self.rpm, self.concurrency, int(time.time() * 1000), slot, self.slot_deadline_ms]
         async with redis_available():
             verdict = int(await self._enter(keys=self._keys(tenant), args=args))
         if verdict == -1:
