@@ -420,3 +420,20 @@ def test_half_like_original_keeps_norms_and_embeddings_fp32(vision: VideoLlamaVi
         k for k in dtypes if k in ("cls_token", "pos_embed") or "norm" in k or k.endswith(("q_bias", "v_bias"))
     }
     assert all(d == torch.float16 for k, d in dtypes.items() if k not in fp32)
+
+
+def test_fp16_like_the_original_keeps_an_fp32_residual_stream() -> None:
+    """With the ViT halved and the forward under fp16 autocast (upstream's maybe_autocast), the
+    patches are fp16 but CLS and positions fp32: the residual stream is promoted to fp32, the soft
+    prompts come out fp16, and they stay close to the fp32 result. (CPU autocast here; no GPU.)"""
+    torch.manual_seed(0)
+    model = VideoLlamaVision(TINY).eval()
+    video = _frames(1, 2, seed=12)
+    with torch.no_grad():
+        fp32 = model(video)
+        half_like_original(model.visual_encoder)
+        with torch.autocast("cpu", dtype=torch.float16):
+            tokens = model.visual_encoder(video[:, :, 0])
+            fp16 = model(video)
+    assert tokens.dtype == torch.float32 and fp16.dtype == torch.float16
+    torch.testing.assert_close(fp16.float(), fp32, rtol=0, atol=5e-3)
