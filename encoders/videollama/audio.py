@@ -36,7 +36,8 @@ def imagebind_audio_clip_embeddings(imagebind: ImageBindModel, mel: Tensor) -> T
     assert isinstance(postprocessor, nn.Sequential)
     scale = postprocessor[1]
     assert isinstance(scale, LogitScale)
-    factor = torch.clamp(scale.log_logit_scale.exp(), max=scale.max_logit_scale)
+    # In fp32 whatever the model's dtype: upstream's ImageBind kept fp32 weights under fp16 autocast.
+    factor = torch.clamp(scale.log_logit_scale.float().exp(), max=scale.max_logit_scale)
     return (factor * F.normalize(embeddings, dim=-1)).view(batch, clips, -1)
 
 
