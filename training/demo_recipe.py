@@ -84,7 +84,6 @@ def build_seeing_bundle(out: Path, seed: int = 0) -> dict[str, Any]:
         started = time.monotonic()
         report["align"] = {**align(root, Path(work), seed), "s": round(time.monotonic() - started, 1)}
         (root / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    say(f"Demo bundle written to {out}.")
     return report
 
 
