@@ -4,7 +4,7 @@ sleeping and reading is in service/client/protocol.py, shared by both."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Literal, overload
 
@@ -25,8 +25,9 @@ class AsyncChatStream:
     def __init__(self, response: httpx.Response, url: str) -> None:
         self._response, self._url = response, url
         self._reader = TurnReader()
+        self._deltas = self._read()  # one generator for the stream's life, as in ChatStream
 
-    async def __aiter__(self) -> AsyncIterator[Delta]:
+    async def _read(self) -> AsyncGenerator[Delta, None]:
         try:
             async for event in aiter_events(self._response.aiter_lines()):
                 delta = self._reader.feed(event)
@@ -40,13 +41,17 @@ class AsyncChatStream:
         finally:
             await self._response.aclose()
 
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._deltas
+
     async def reply(self) -> ChatReply:
         """The finished turn (what /chat answers unstreamed); reads the rest of the stream if need be."""
-        async for _ in self:
+        async for _ in self._deltas:
             pass
         return self._reader.finish()
 
     async def aclose(self) -> None:
+        await self._deltas.aclose()
         await self._response.aclose()
 
     async def __aenter__(self) -> AsyncChatStream:

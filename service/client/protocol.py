@@ -158,12 +158,16 @@ class TurnReader:
         except ValueError as exc:
             problem = f"a {event.event} event is not JSON: {event.data[:200]}"
             raise PandaServeError(problem, type="stream_error") from exc
-        if event.event == "delta":
-            return Delta.from_json(body)
-        if event.event == "done":
+        if event.event == "error":
+            raise PandaServeError.from_envelope(body)
+        try:
+            if event.event == "delta":
+                return Delta.from_json(body)
             self.result = ChatReply.from_json(body)
             return None
-        raise PandaServeError.from_envelope(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            problem = f"a {event.event} event without the fields of the contract: {event.data[:200]}"
+            raise PandaServeError(problem, type="stream_error") from exc
 
     def finish(self) -> ChatReply:
         if self.result is None:

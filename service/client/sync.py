@@ -4,7 +4,7 @@ shared with the async client."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Literal, overload
 
@@ -33,8 +33,11 @@ class ChatStream:
     def __init__(self, response: httpx.Response, url: str) -> None:
         self._response, self._url = response, url
         self._reader = TurnReader()
+        # One generator for the stream's life: iterating again, or asking for `reply`, goes on from
+        # where the last loop stopped (the response can be read only once).
+        self._deltas = self._read()
 
-    def __iter__(self) -> Iterator[Delta]:
+    def _read(self) -> Generator[Delta, None, None]:
         try:
             for event in iter_events(self._response.iter_lines()):
                 delta = self._reader.feed(event)
@@ -48,14 +51,18 @@ class ChatStream:
         finally:
             self._response.close()
 
+    def __iter__(self) -> Iterator[Delta]:
+        return self._deltas
+
     @property
     def reply(self) -> ChatReply:
         """The finished turn (what /chat answers unstreamed); reads the rest of the stream if need be."""
-        for _ in self:
+        for _ in self._deltas:
             pass
         return self._reader.finish()
 
     def close(self) -> None:
+        self._deltas.close()
         self._response.close()
 
     def __enter__(self) -> ChatStream:

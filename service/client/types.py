@@ -100,7 +100,7 @@ class Session:
 
 @dataclass(frozen=True)
 class Embedding:
-    field: str  # the upload's form field, e.g. "image" (several files of a field come in the order sent)
+    field: str  # which upload: its form field and index, e.g. "image[0]"
     modality: str
     sha256: str
     embedding: list[float]
