@@ -1,8 +1,10 @@
 """The embedding cache: a file seen before is neither decoded nor encoded again.
 
-Key: (ImageBind checkpoint digest and media limits, modality, preprocessing version, sha256 of the
-bytes), so a new checkpoint or a change to a modality's preprocessing never serves a stale
-embedding, and a hit never admits a file that the current limits refuse. Two tiers: an
+Key: (ImageBind checkpoint digest and media limits, tenant, modality, preprocessing version, sha256
+of the bytes), so a new checkpoint or a change to a modality's preprocessing never serves a stale
+embedding, and a hit never admits a file that the current limits refuse. Per tenant: a hit is
+faster than a miss, so a shared entry would tell one tenant that another uploaded the same file;
+each tenant encodes its own copy instead (with auth off every caller is one tenant). Two tiers: an
 in-process LRU bounded in bytes, in front of a shared store (Redis, with a TTL) that every replica
 reads. The shared tier is an optimisation: when it fails, the cache misses and the file is encoded.
 """
@@ -52,9 +54,12 @@ class EmbeddingCache:
         self._lru: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
 
-    def key(self, modality: str, sha256: str) -> str:
-        """`sha256`: the hex digest of the file's bytes."""
-        return f"pandaserve:emb:{self.namespace}:{modality}:v{PREPROCESSING_VERSION[modality]}:{sha256}"
+    def key(self, tenant: str | None, modality: str, sha256: str) -> str:
+        """`sha256`: the hex digest of the file's bytes. The tenant's name is hashed: keys in the shared
+        store should not list the tenants."""
+        owner = "-" if tenant is None else hashlib.sha256(tenant.encode()).hexdigest()[:16]
+        version = PREPROCESSING_VERSION[modality]
+        return f"pandaserve:emb:{self.namespace}:{owner}:{modality}:v{version}:{sha256}"
 
     async def get(self, key: str) -> torch.Tensor | None:
         value = self._lru.get(key)

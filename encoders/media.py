@@ -17,12 +17,19 @@ from typing import Protocol
 import numpy as np
 import torch
 
+# How a tenant travels to the encoder service (`pandaserve encoders serve`), which trusts its callers:
+# the API replicas, behind the network policy.
+TENANT_HEADER = "x-pandaserve-tenant"
+
 
 @dataclass(frozen=True)
 class MediaInput:
     modality: str
     data: bytes
     field: str  # the upload's name in the request, e.g. "image[0]", for error messages
+    # Who sent it (the API key's tenant; None when auth is off): the embedding cache is kept per
+    # tenant, and no tenant may hold more than its share of the pool's queues.
+    tenant: str | None = None
 
     @cached_property
     def sha256(self) -> str:

@@ -4,7 +4,8 @@
 decode (a process pool, off the event loop and the GIL) -> batch (per modality, across concurrent
 requests) -> predict (one forward on the device) -> unbatch. A file whose embedding is cached skips
 all of it. Both queues are bounded: when full, `encode` refuses at once (`PoolFull`) instead of
-letting latency grow without bound.
+letting latency grow without bound; and no tenant may hold more than its share of the decode
+queue's places, so one API key cannot fill the pool for every other.
 
 Each decode worker is a process in an executor of its own, running one file at a time under a
 wall-clock deadline (an alarm in the worker, and past a grace the parent kills it) and a memory cap
@@ -22,7 +23,7 @@ import os
 import resource
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -83,6 +84,12 @@ class Batching:
     decode_deadline_s: float = 60.0  # wall clock for one file in a decode worker; 0: none
     # A decode worker's address space beyond what it holds once started (its libraries mapped); 0: no cap.
     decode_memory_bytes: int = 4 * 2**30
+    # The most of max_decode_queue's places one tenant's files may hold (files without a tenant: no cap).
+    tenant_share: float = 1.0
+
+    @property
+    def tenant_places(self) -> int:
+        return max(1, int(self.max_decode_queue * self.tenant_share))
 
 
 @dataclass
@@ -191,6 +198,7 @@ class EncoderPool:
         self._worker: asyncio.Task[None] | None = None
         self._decoding = 0
         self._encoding = 0
+        self._held_by: Counter[str] = Counter()  # tenant -> its files in the pool, decoding or encoding
 
     async def start(self) -> None:
         """Start the decode workers now: each imports torch and the decoders (seconds), which should
@@ -259,10 +267,19 @@ class EncoderPool:
                 f"the encoders are at capacity ({self._decoding} files decoding, {self._encoding} encoding); "
                 "retry shortly"
             )
+        tenants = Counter(item.tenant for item in items if item.tenant is not None)
+        for tenant, count in tenants.items():
+            if self._held_by[tenant] + count > b.tenant_places:
+                raise PoolFull(
+                    f"this API key's share of the encoders is in use ({self._held_by[tenant]} of its "
+                    f"{b.tenant_places} files in progress); retry shortly"
+                )
         # Places in the decode queue are reserved now, before any await, so the bound holds under
         # concurrency. Each file gives its place back once decoded (or found cached); whatever is left
         # goes back when the request ends however it ends (a cancelled file may never have started).
+        # A tenant's share is held until its files are embedded.
         self._decoding += len(items)
+        self._held_by.update(tenants)
         held = [True] * len(items)
 
         def release(i: int) -> None:
@@ -277,13 +294,15 @@ class EncoderPool:
         finally:
             for i in range(len(items)):
                 release(i)
+            self._held_by.subtract(tenants)
+            self._held_by = +self._held_by  # forget tenants with nothing in progress
         for result in results:
             if isinstance(result, BaseException):
                 raise result
         return results  # type: ignore[return-value]  # no exceptions left
 
     async def _embed(self, item: MediaInput, release: Callable[[], None]) -> torch.Tensor:
-        key = self.cache.key(item.modality, item.sha256) if self.cache else ""
+        key = self.cache.key(item.tenant, item.modality, item.sha256) if self.cache else ""
         try:
             if self.cache and (hit := await self.cache.get(key)) is not None:
                 return hit

@@ -1,7 +1,8 @@
 """The encoder seam over HTTP: a client of the encoder service (`pandaserve encoders serve`), so an
 API replica loads no ImageBind. A bad file is still the caller's 4xx naming its field (the service
 names each file by the filename it was sent under, and this client sends the caller's field
-names); a full pool is PoolFull (503 + Retry-After); a service that cannot answer is 503."""
+names); a full pool is PoolFull (503 + Retry-After); a service that cannot answer is 503. The
+caller's tenant travels as a header: the service keeps its cache and its queue shares per tenant."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import torch
 
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, PoolFull, UnsupportedMediaType
-from encoders.media import MediaInput, tensor_from_base64
+from encoders.media import TENANT_HEADER, MediaInput, tensor_from_base64
 from service.errors import EncoderUnavailable
 
 MEDIA_ERRORS: dict[str, type[MediaError]] = {
@@ -35,9 +36,11 @@ class RemoteEncoder:
 
     async def _post(self, items: list[MediaInput], output: str) -> list[torch.Tensor]:
         files = [(item.modality, (item.field, item.data, "application/octet-stream")) for item in items]
+        tenant = items[0].tenant if items else None  # one request's files are one tenant's
+        headers = {TENANT_HEADER: tenant} if tenant is not None else {}
         try:
             async with self._slots:
-                response = await self.client.post("/v1/encode", params={"output": output}, files=files)
+                response = await self.client.post("/v1/encode", params={"output": output}, files=files, headers=headers)
         except httpx.HTTPError as exc:
             raise EncoderUnavailable(
                 f"the encoder service at {self.url} is unavailable ({type(exc).__name__})"

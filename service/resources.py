@@ -143,12 +143,12 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
         settings.auth_failures_per_minute,
     )
     if client is None:
-        store, shared = MemorySessionStore(settings.session_ttl_s), None
+        store, shared = MemorySessionStore(settings.session_ttl_s, settings.max_sessions_per_key), None
         limiter = MemoryRateLimiter(rpm, concurrency, failures)
     else:
         on_close.append(client.aclose)
-        store = RedisSessionStore(client, settings.session_ttl_s)
-        limiter = RedisRateLimiter(client, rpm, concurrency, failures)
+        store = RedisSessionStore(client, settings.session_ttl_s, settings.max_sessions_per_key)
+        limiter = RedisRateLimiter(client, rpm, concurrency, failures, settings.in_flight_deadline_s)
         shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s)
     await store.ping()
 
@@ -174,7 +174,9 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
         metrics=metrics,
         generation=generation_defaults(family, bundle),
         tracer=tracer,
-        admission=EngineAdmission(settings.max_engine_requests, settings.max_queued_prompt_tokens),
+        admission=EngineAdmission(
+            settings.max_engine_requests, settings.max_queued_prompt_tokens, settings.tenant_queue_share
+        ),
         lock_ttl_s=settings.session_lock_ttl_s,
         max_session_media=settings.max_session_media,
     )

@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     rate_limit_concurrency: int = Field(default=32, gt=0, description="requests in flight per API key")
     auth_failures_per_minute: int = Field(default=20, gt=0, description="per client address, then 429")
     public_metrics_and_docs: bool = Field(default=True, description="false: /metrics and /docs need a key too")
+    # Fair sharing: the most of each queue (decode, engine turns, engine prompt tokens) one API key may
+    # hold, so one key cannot fill them for every other; with auth off every caller is one tenant.
+    tenant_queue_share: float = Field(default=0.5, gt=0, le=1, description="of each queue, per API key")
+    max_sessions_per_key: int = Field(default=10_000, gt=0, description="live sessions one API key may hold")
+    # The in-flight cap counts a request for at most this long: a slot a failed replica never gave
+    # back frees itself then.
+    in_flight_deadline_s: float = Field(default=600.0, gt=0, description="how long the in-flight cap counts a request")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long in-flight work may finish")
     # OpenTelemetry: spans are exported over OTLP/HTTP to this URL (e.g. http://collector:4318/v1/traces).
     otlp_traces_endpoint: str | None = None
@@ -114,6 +121,7 @@ class Settings(BaseSettings):
             max_encode_queue=self.max_encode_queue,
             decode_deadline_s=self.decode_deadline_s,
             decode_memory_bytes=self.decode_memory_bytes,
+            tenant_share=self.tenant_queue_share,
         )
 
     def turn_limits(self) -> TurnLimits:

@@ -54,7 +54,7 @@ class AdmissionMiddleware:
                 await resources.limiter.failed_auth(address)
                 raise
             limited_as = tenant or "anonymous"  # auth off: one bucket for all
-            await resources.limiter.enter(limited_as)
+            slot = await resources.limiter.enter(limited_as)
         except ServiceError as exc:
             lifecycle.leave()
             await error_response(exc)(scope, receive, send)
@@ -64,6 +64,6 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             try:
-                await asyncio.shield(resources.limiter.leave(limited_as))  # even when cancelled: no slot leaks
+                await asyncio.shield(resources.limiter.leave(limited_as, slot))  # even when cancelled: no slot leaks
             finally:
                 lifecycle.leave()

@@ -21,7 +21,7 @@ import redis.asyncio as redis
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from encoders.media import Encoder, MediaInput, tensor_to_base64
+from encoders.media import TENANT_HEADER, Encoder, MediaInput, tensor_to_base64
 from encoders.modalities import MODALITIES
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
@@ -48,14 +48,17 @@ class Encoded(BaseModel):
 
 
 async def read_media(request: Request, settings: Settings) -> list[MediaInput]:
+    """The request's files, as its tenant's (the API replica says whose in a header)."""
     media = []
+    tenant = request.headers.get(TENANT_HEADER)
     max_files = settings.max_files_per_modality * len(MODALITIES)
     async with request.form(max_files=max_files, max_fields=0) as form:  # closes the spooled files
         for i, (modality, upload) in enumerate(form.multi_items()):
             if modality not in MODALITIES or isinstance(upload, str):
                 raise BadRequest(f"part {i}: expected a file in a part named by its modality ({', '.join(MODALITIES)})")
             field = upload.filename or f"{modality}[{i}]"
-            media.append(MediaInput(modality, await read_upload(upload, field, settings.max_file_bytes), field))
+            data = await read_upload(upload, field, settings.max_file_bytes)
+            media.append(MediaInput(modality, data, field, tenant))
     return media
 
 

@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from encoders.errors import MediaTooLarge
 from encoders.media import MediaInput
 from encoders.modalities import MODALITIES
-from service.api.deps import LimitsDep, SettingsDep
+from service.api.deps import LimitsDep, SettingsDep, TenantDep
 
 
 async def read_upload(upload: StarletteUploadFile, field: str, limit: int) -> bytes:
@@ -22,15 +22,18 @@ async def read_upload(upload: StarletteUploadFile, field: str, limit: int) -> by
     return data
 
 
-async def media_uploads(settings: SettingsDep, limits: LimitsDep, **files: list[UploadFile] | None) -> list[MediaInput]:
-    """Every uploaded file, modality by modality in the registry's order."""
+async def media_uploads(
+    settings: SettingsDep, limits: LimitsDep, tenant: TenantDep, **files: list[UploadFile] | None
+) -> list[MediaInput]:
+    """Every uploaded file, modality by modality in the registry's order, as the tenant's."""
     media = []
     for modality, uploads in files.items():
         uploads = uploads or []
         limits.check_file_count(modality, len(uploads), modality)
         for i, upload in enumerate(uploads):
             field = f"{modality}[{i}]"
-            media.append(MediaInput(modality, await read_upload(upload, field, settings.max_file_bytes), field))
+            data = await read_upload(upload, field, settings.max_file_bytes)
+            media.append(MediaInput(modality, data, field, tenant))
     return media
 
 
@@ -39,6 +42,7 @@ media_uploads.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [
         inspect.Parameter("settings", inspect.Parameter.KEYWORD_ONLY, annotation=SettingsDep),
         inspect.Parameter("limits", inspect.Parameter.KEYWORD_ONLY, annotation=LimitsDep),
+        inspect.Parameter("tenant", inspect.Parameter.KEYWORD_ONLY, annotation=TenantDep),
         *(
             inspect.Parameter(
                 name,

@@ -61,9 +61,13 @@ async def _media_bytes(part: Any, modality: str, field: str, settings: Settings)
 
 
 async def to_turn(
-    messages: list[SystemMessage | UserMessage | AssistantMessage], settings: Settings, limits: TurnLimits
+    messages: list[SystemMessage | UserMessage | AssistantMessage],
+    settings: Settings,
+    limits: TurnLimits,
+    tenant: str | None,
 ) -> tuple[list[tuple[str, str]], str, list[MediaInput]]:
-    """(history, message, media) of a stateless PandaGPT turn; BadRequest naming the message at fault."""
+    """(history, message, media: the tenant's) of a stateless PandaGPT turn; BadRequest naming the
+    message at fault."""
     history: list[tuple[str, str]] = []
     media: list[MediaInput] = []
     counts: dict[str, int] = {}
@@ -95,7 +99,7 @@ async def to_turn(
             field, modality = f"messages[{i}].content[{j}]", MEDIA_PARTS[part.type]
             counts[modality] = counts.get(modality, 0) + 1
             limits.check_file_count(modality, counts[modality], field)
-            media.append(MediaInput(modality, await _media_bytes(part, modality, field, settings), field))
+            media.append(MediaInput(modality, await _media_bytes(part, modality, field, settings), field, tenant))
     if question is None:
         raise BadRequest("the last message must be a user message (PandaGPT answers the user)", param="messages")
     return history, question[1], media

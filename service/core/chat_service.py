@@ -302,7 +302,7 @@ class ChatService:
         span = self.tracer.start_span("generate", attributes={"pandaserve.prompt_tokens": len(prompt)})
         finish_reason = None
         try:
-            with self.admission.admit(len(prompt)) as ticket:
+            with self.admission.admit(tenant, len(prompt)) as ticket:
                 async with aclosing(
                     self.engine.generate(uuid.uuid4().hex, prompt, sampling, affinity, cache_salt(tenant))
                 ) as deltas:
@@ -353,5 +353,4 @@ class ChatService:
         return session
 
     async def delete_session(self, tenant: str | None, session_id: str) -> None:
-        await self._load(tenant, session_id)
-        await self.store.delete(session_id)
+        await self.store.delete(await self._load(tenant, session_id))

@@ -1,6 +1,10 @@
 """Per-tenant admission: a token bucket of requests per minute and a cap on requests in flight; and
 per client address, failed authentications per minute (so keys cannot be guessed at speed).
 
+A request in flight holds a slot of its own (an id), given back when it ends. In Redis each slot
+also has a deadline: a replica that dies, or loses Redis as it ends a request, leaves its slots
+behind, and they stop counting at their deadline instead of shrinking the tenant's cap for good.
+
 In Redis when sessions are there (shared by every replica), in memory for the embedded default.
 Over any limit: TooManyRequests (429) with Retry-After.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Protocol
 
 import redis.asyncio as redis
@@ -18,11 +23,11 @@ from service.errors import TooManyRequests
 
 
 class RateLimiter(Protocol):
-    async def enter(self, tenant: str) -> None:
-        """Admit one request (raises TooManyRequests), taking a slot until `leave`."""
+    async def enter(self, tenant: str) -> str:
+        """Admit one request (raises TooManyRequests): the id of the slot it holds until `leave`."""
         ...
 
-    async def leave(self, tenant: str) -> None: ...
+    async def leave(self, tenant: str, slot: str) -> None: ...
 
     async def check_address(self, address: str) -> None:
         """Raise TooManyRequests while `address` has used up its failed authentications this minute."""
@@ -55,22 +60,28 @@ class MemoryRateLimiter:
     def __init__(self, rpm: int, concurrency: int, auth_failures: int = 20) -> None:
         self.rpm, self.concurrency, self.auth_failures = rpm, concurrency, auth_failures
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
-        self._in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, set[str]] = {}  # tenant -> its slots
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, window start)
 
-    async def enter(self, tenant: str) -> None:
+    async def enter(self, tenant: str) -> str:
         now = time.monotonic()
         tokens, at = self._buckets.get(tenant, (float(self.rpm), now))
         tokens = min(float(self.rpm), tokens + (now - at) * self.rpm / 60)
         if tokens < 1:
             raise _refused_by_rate((1 - tokens) * 60 / self.rpm, self.rpm)
-        if self._in_flight.get(tenant, 0) >= self.concurrency:
+        slots = self._in_flight.setdefault(tenant, set())
+        if len(slots) >= self.concurrency:
             raise _refused_by_concurrency(self.concurrency)
         self._buckets[tenant] = (tokens - 1, now)
-        self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+        slot = uuid.uuid4().hex
+        slots.add(slot)
+        return slot
 
-    async def leave(self, tenant: str) -> None:
-        self._in_flight[tenant] = max(0, self._in_flight.get(tenant, 1) - 1)
+    async def leave(self, tenant: str, slot: str) -> None:
+        slots = self._in_flight.get(tenant, set())
+        slots.discard(slot)
+        if not slots:
+            self._in_flight.pop(tenant, None)
 
     def _window(self, address: str) -> tuple[int, float]:
         count, start = self._failures.get(address, (0, 0.0))
@@ -89,19 +100,21 @@ class MemoryRateLimiter:
         self._failures[address] = (count + 1, start)
 
 
-# KEYS: bucket, in-flight counter. ARGV: rpm, concurrency, now (ms).
+# KEYS: bucket, in-flight slots (a sorted set: slot id -> its deadline). ARGV: rpm, concurrency, now
+# (ms), the new slot's id, the deadline's distance (ms).
 # Returns 0 when admitted, -1 when over the concurrency cap, else the ms to wait for a token.
 _ENTER = """
-local rpm, cap, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rpm, cap, now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]) or rpm, tonumber(state[2]) or now
 tokens = math.min(rpm, tokens + (now - at) * rpm / 60000)
 if tokens < 1 then return math.ceil((1 - tokens) * 60000 / rpm) end
-if (tonumber(redis.call('GET', KEYS[2])) or 0) >= cap then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)  -- slots past their deadline: never given back
+if redis.call('ZCARD', KEYS[2]) >= cap then return -1 end
 redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
 redis.call('PEXPIRE', KEYS[1], 120000)
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], 3600)  -- a crashed replica's slots free themselves within the hour
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ttl)
 return 0
 """
 
@@ -113,30 +126,34 @@ class RedisRateLimiter:
         rpm: int,
         concurrency: int,
         auth_failures: int = 20,
+        slot_deadline_s: float = 600.0,
         prefix: str = "pandaserve:rate:",
     ) -> None:
         self.client, self.rpm, self.concurrency, self.prefix = client, rpm, concurrency, prefix
         self.auth_failures = auth_failures
+        self.slot_deadline_ms = int(slot_deadline_s * 1000)
         self._enter = client.register_script(_ENTER)
 
     def _keys(self, tenant: str) -> list[str]:
-        return [f"{self.prefix}{tenant}:bucket", f"{self.prefix}{tenant}:in_flight"]
+        return [f"{self.prefix}{tenant}:bucket", f"{self.prefix}{tenant}:slots"]
 
     def _failures_key(self, address: str) -> str:
         return f"{self.prefix}auth-failures:{address}"
 
-    async def enter(self, tenant: str) -> None:
-        args = [self.rpm, self.concurrency, int(time.time() * 1000)]
+    async def enter(self, tenant: str) -> str:
+        slot = uuid.uuid4().hex
+        args: list[str | int] = [self.rpm, self.concurrency, int(time.time() * 1000), slot, self.slot_deadline_ms]
         async with redis_available():
             verdict = int(await self._enter(keys=self._keys(tenant), args=args))
         if verdict == -1:
             raise _refused_by_concurrency(self.concurrency)
         if verdict > 0:
             raise _refused_by_rate(verdict / 1000, self.rpm)
+        return slot
 
-    async def leave(self, tenant: str) -> None:
+    async def leave(self, tenant: str, slot: str) -> None:
         async with redis_available():
-            await self.client.decr(self._keys(tenant)[1])
+            await self.client.zrem(self._keys(tenant)[1], slot)
 
     async def check_address(self, address: str) -> None:
         key = self._failures_key(address)

@@ -4,6 +4,10 @@ A session is stored as one JSON document plus its turn count. A turn is committe
 generation succeeded, and only if the stored turn count is still the one the turn started from
 (compare-and-set, atomic in Redis through a Lua script) — so a failed or raced turn leaves the
 stored session byte-for-byte as it was.
+
+Each tenant may hold at most `max_per_tenant` live sessions: the store keeps an index of a
+tenant's sessions (each counted until the TTL after its last commit) and refuses a new one beyond
+the cap (TooManyRequests, 429), so one key cannot fill the Redis every tenant shares.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from encoders.media import tensor_from_base64, tensor_to_base64
-from service.errors import Conflict, StoreUnavailable
+from service.errors import Conflict, StoreUnavailable, TooManyRequests
 
 
 def _tensor(value: Any) -> torch.Tensor:
@@ -102,10 +106,11 @@ class SessionStore(Protocol):
 
     async def commit(self, session: Session, expected_turns: int | None) -> None:
         """Store `session` if the stored copy still has `expected_turns` turns (None: if there is none
-        yet), else Conflict. A session deleted during a turn stays deleted."""
+        yet), else Conflict. A session deleted during a turn stays deleted. A new session beyond its
+        tenant's cap: TooManyRequests."""
         ...
 
-    async def delete(self, session_id: str) -> bool: ...
+    async def delete(self, session: Session) -> bool: ...
 
     async def acquire(self, session_id: str, ttl_s: float) -> str | None:
         """Lock the session for one turn: a token to release it with, or None if it is locked.
@@ -126,9 +131,11 @@ class SessionStore(Protocol):
 class MemorySessionStore:
     SWEEP_EVERY_S = 60.0
 
-    def __init__(self, ttl_s: int) -> None:
+    def __init__(self, ttl_s: int, max_per_tenant: int = 10_000) -> None:
         self.ttl_s = ttl_s
+        self.max_per_tenant = max_per_tenant
         self._items: dict[str, tuple[int, str, float]] = {}  # id -> (turns, json, expires_at)
+        self._tenants: dict[str, set[str]] = {}  # tenant -> its session ids (some perhaps expired)
         self._locks: dict[str, tuple[str, float]] = {}  # id -> (token, expires_at)
         self._swept_at = time.monotonic()
 
@@ -140,6 +147,7 @@ class MemorySessionStore:
         self._swept_at = now
         self._items = {k: v for k, v in self._items.items() if v[2] > now}
         self._locks = {k: v for k, v in self._locks.items() if v[1] > now}
+        self._tenants = {t: live for t, ids in self._tenants.items() if (live := ids & self._items.keys())}
 
     def _live(self, session_id: str) -> tuple[int, str, float] | None:
         item = self._items.get(session_id)
@@ -161,11 +169,20 @@ class MemorySessionStore:
         item = self._live(session.session_id)
         if (item[0] if item else None) != expected_turns:
             raise Conflict("the session changed during this turn; retry", param="session_id")
+        if session.tenant is not None:
+            ids = self._tenants.setdefault(session.tenant, set())
+            if expected_turns is None:
+                ids -= {k for k in ids if not self._live(k)}
+                if len(ids) >= self.max_per_tenant:
+                    raise _too_many_sessions(self.max_per_tenant)
+            ids.add(session.session_id)
         expires = time.monotonic() + self.ttl_s
         self._items[session.session_id] = (len(session.turns), session.model_dump_json(), expires)
 
-    async def delete(self, session_id: str) -> bool:
-        return self._items.pop(session_id, None) is not None
+    async def delete(self, session: Session) -> bool:
+        if session.tenant is not None:
+            self._tenants.get(session.tenant, set()).discard(session.session_id)
+        return self._items.pop(session.session_id, None) is not None
 
     async def acquire(self, session_id: str, ttl_s: float) -> str | None:
         held = self._locks.get(session_id)
@@ -190,6 +207,13 @@ class MemorySessionStore:
         return None
 
 
+def _too_many_sessions(cap: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"this API key holds {cap} live sessions, its cap; delete one or wait until one expires",
+        retry_after_s=60,
+    )
+
+
 @asynccontextmanager
 async def redis_available() -> AsyncIterator[None]:
     """Any Redis failure -> StoreUnavailable (503): unreachable (redis-py reconnects on the next call
@@ -200,11 +224,22 @@ async def redis_available() -> AsyncIterator[None]:
         raise StoreUnavailable("the session store (Redis) is unavailable; retry shortly") from exc
 
 
-# KEYS[1] session hash; ARGV: expected turns (-1: the session must not exist yet), new turns, json,
-# ttl seconds.
+# KEYS[1] session hash, KEYS[2] (with a tenant) the tenant's index: a sorted set of session id ->
+# when it expires (ms). ARGV: expected turns (-1: the session must not exist yet), new turns, json,
+# ttl seconds, now (ms), the tenant's cap, session id.
+# Returns 1 when stored, 0 when the session changed, -1 when a new session is over the tenant's cap.
 _COMMIT = """
 local turns = redis.call('HGET', KEYS[1], 'turns')
 if (turns or '-1') ~= ARGV[1] then return 0 end
+if KEYS[2] then
+  local now, ttl_ms = tonumber(ARGV[5]), tonumber(ARGV[4]) * 1000
+  if ARGV[1] == '-1' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+    if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then return -1 end
+  end
+  redis.call('ZADD', KEYS[2], now + ttl_ms, ARGV[7])
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+end
 redis.call('HSET', KEYS[1], 'turns', ARGV[2], 'data', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -229,9 +264,10 @@ KEY_PREFIX = "pandaserve:session:v2:"
 
 
 class RedisSessionStore:
-    def __init__(self, client: redis.Redis, ttl_s: int, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, max_per_tenant: int = 10_000, prefix: str = KEY_PREFIX) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.max_per_tenant = max_per_tenant
         self.prefix = prefix
         self._commit = self.client.register_script(_COMMIT)
         self._release = self.client.register_script(_RELEASE)
@@ -246,16 +282,29 @@ class RedisSessionStore:
                 data, _ = await pipe.execute()
             return Session.model_validate_json(data) if data else None
 
-    async def commit(self, session: Session, expected_turns: int | None) -> None:
-        async with redis_available():
-            expected = -1 if expected_turns is None else expected_turns
-            args: list[str | int] = [expected, len(session.turns), session.model_dump_json(), self.ttl_s]
-            if not await self._commit(keys=[self.prefix + session.session_id], args=args):
-                raise Conflict("the session changed during this turn; retry", param="session_id")
+    def _index(self, tenant: str | None) -> list[str]:
+        """The key of the tenant's index of sessions, if it has one (auth off: no cap, no index)."""
+        return [] if tenant is None else [f"{self.prefix}tenant:{tenant}"]
 
-    async def delete(self, session_id: str) -> bool:
+    async def commit(self, session: Session, expected_turns: int | None) -> None:
+        expected = -1 if expected_turns is None else expected_turns
+        args: list[str | int] = [expected, len(session.turns), session.model_dump_json(), self.ttl_s]
+        args += [int(time.time() * 1000), self.max_per_tenant, session.session_id]
+        keys = [self.prefix + session.session_id, *self._index(session.tenant)]
         async with redis_available():
-            return bool(await self.client.delete(self.prefix + session_id))
+            stored = await self._commit(keys=keys, args=args)
+        if stored == -1:
+            raise _too_many_sessions(self.max_per_tenant)
+        if not stored:
+            raise Conflict("the session changed during this turn; retry", param="session_id")
+
+    async def delete(self, session: Session) -> bool:
+        async with redis_available(), self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.prefix + session.session_id)
+            for index in self._index(session.tenant):
+                pipe.zrem(index, session.session_id)
+            deleted, *_ = await pipe.execute()
+            return bool(deleted)
 
     async def acquire(self, session_id: str, ttl_s: float) -> str | None:
         async with redis_available():

@@ -78,11 +78,14 @@ def router_command(
     session's id there): a session's turns reach one engine, whose prefix cache holds the
     conversation so far; adding or removing an engine moves only the sessions on its arc of the
     ring. The router's default health check runs once a minute, so an engine that died (or came
-    back) would be seen a minute late: every `health_check_interval_s` instead. Its Prometheus
+    back) would be seen a minute late: every `health_check_interval_s` instead. Its circuit breaker
+    (opened by 10 failed requests) would keep a returned engine out for 60 s after its health check
+    sees it back: it half-opens after the same interval instead. Its Prometheus
     metrics are served on their own port (`metrics_port`), and its default body limit (512 MiB)
     is far above a prompt's embeddings (a 13B model's 2,048 positions are 28 MB as fp16 in base64).
     """
     args = ["vllm-router", "--worker-urls", *engine_urls, "--policy", "consistent_hash"]
     args += ["--host", host, "--port", str(port), "--prometheus-host", host, "--prometheus-port", str(metrics_port)]
     args += ["--health-check-interval-secs", str(health_check_interval_s)]
+    args += ["--cb-timeout-duration-secs", str(health_check_interval_s)]
     return shlex.join(args)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import secrets
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,24 @@ async def test_full_queues_refuse_at_once(model: ImageBindModel) -> None:
         await pool.close()
 
 
+async def test_one_tenant_holds_at_most_its_share_of_the_pool(model: ImageBindModel) -> None:
+    batching = Batching(max_decode_queue=4, max_encode_queue=4, tenant_share=0.5)
+    pool = EncoderPool(model, MediaLimits(), MODALITIES, batching=batching)
+    mine = [replace(item, tenant="key_a") for item in images(2)]
+    try:
+        busy = asyncio.ensure_future(pool.encode(mine))  # key_a's whole share: 2 of 4 places
+        await asyncio.sleep(0)
+        with pytest.raises(PoolFull, match="this API key's share of the encoders is in use"):
+            await asyncio.wait_for(pool.encode([replace(images(3)[2], tenant="key_a")]), timeout=1)
+        others = [replace(item, tenant="key_b") for item in images(4)[2:]]
+        assert len(await asyncio.wait_for(pool.encode(others), timeout=60)) == 2  # key_b still gets in
+        assert len(await busy) == 2
+        assert len(await pool.encode(mine)) == 2  # key_a's share is free again
+        assert not pool._held_by  # nothing left counted
+    finally:
+        await pool.close()
+
+
 async def test_a_cancelled_request_gives_its_places_back(model: ImageBindModel) -> None:
     pool = EncoderPool(model, MediaLimits(), MODALITIES, batching=Batching(max_decode_queue=3, max_encode_queue=3))
     try:
@@ -167,6 +186,24 @@ async def test_a_cached_file_is_neither_decoded_nor_encoded(model: ImageBindMode
         await client.aclose()
 
 
+async def test_the_cache_is_kept_per_tenant(model: ImageBindModel) -> None:
+    """A hit is faster than a miss: were entries shared, one tenant could learn what another uploaded."""
+    seen = Recorder()
+    cache = EmbeddingCache(secrets.token_hex(8), 2**20, None, seen)
+    pool = EncoderPool(model, MediaLimits(), MODALITIES, cache=cache, observer=seen)
+    item = images(1)[0]
+    try:
+        [a] = await pool.encode([replace(item, tenant="key_a")])
+        [a_again] = await pool.encode([replace(item, tenant="key_a")])
+        assert seen.decoded_files() == 1 and seen.lookups[("memory", True)] == 1
+        [b] = await pool.encode([replace(item, tenant="key_b")])  # the same bytes, another tenant: a miss
+        assert seen.decoded_files() == 2 and seen.lookups[("memory", True)] == 1
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+        torch.testing.assert_close(a_again, a, atol=0, rtol=0)
+    finally:
+        await pool.close()
+
+
 def test_lru_keeps_within_its_byte_budget() -> None:
     class Quiet:
         def cache_lookup(self, tier: str, hit: bool) -> None:
@@ -175,7 +212,7 @@ def test_lru_keeps_within_its_byte_budget() -> None:
     cache = EmbeddingCache("ns", max_bytes=3 * (4096 + 100), shared=None, observer=Quiet())
 
     async def fill() -> list[bool]:
-        keys = [cache.key("image", f"{i:064x}") for i in range(5)]
+        keys = [cache.key(None, "image", f"{i:064x}") for i in range(5)]
         for key in keys:
             await cache.put(key, torch.ones(1024))
         return [await cache.get(key) is not None for key in keys]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AUTH, running_server
+from tests.conftest import AUTH, OTHER_KEY, running_server
 from tests.media import picture, video
 
 pytestmark = pytest.mark.e2e
@@ -89,3 +89,14 @@ def test_a_repeated_video_is_neither_decoded_nor_encoded_again(client: httpx.Cli
     assert counter(client, "pandaserve_media_encode_seconds", modality="video") == encoded + 1
     assert counter(client, "pandaserve_embedding_cache_lookups", result="hit") == hits + 1
     assert warm.json()["reply"] == cold.json()["reply"]  # the same embedding: the same greedy reply
+
+
+def test_the_embedding_cache_is_kept_per_api_key(client: httpx.Client) -> None:
+    """A hit is faster than a miss: a cache shared across keys would tell one tenant what another
+    uploaded. The same file from another key is decoded and encoded again; from the same key, not."""
+    files = [("image", ("a.png", picture(time.time_ns() % 2**31, (64, 64))))]  # new bytes on every run
+    decoded = counter(client, "pandaserve_media_decode_seconds", modality="image")
+    for key in (AUTH, AUTH, {"Authorization": f"Bearer {OTHER_KEY}"}):
+        r = client.post("/chat", data={"message": "What is it?", "max_tokens": "2"}, files=files, headers=key)
+        assert r.status_code == 200, r.text
+    assert counter(client, "pandaserve_media_decode_seconds", modality="image") == decoded + 2

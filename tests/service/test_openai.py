@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import socket
 import threading
 import time
@@ -230,6 +231,8 @@ def test_api_key_required(server: str, model: str) -> None:
 # --- messages -> turn, and remote media, in-process ----------------------------------------------
 
 PNG = picture(7, (64, 48))
+# 8 MiB of zeros in about 8 KiB: sent compressed although the client asked for `identity`.
+GZIP_BOMB = gzip.compress(bytes(8 * 2**20))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -241,6 +244,14 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/slow":
             time.sleep(2)
+        if self.path == "/gzip-bomb":
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(GZIP_BOMB)))  # small: only the decompressed size tells
+            self.end_headers()
+            with contextlib.suppress(ConnectionError):  # the client stops reading at the cap
+                self.wfile.write(GZIP_BOMB)
+            return
         body = {"/big": bytes(2048), "/big-unsized": bytes(2048)}.get(self.path, PNG)
         if self.path not in ("/image.png", "/big", "/big-unsized", "/slow"):
             self.send_error(404)
@@ -329,6 +340,11 @@ async def test_remote_media_over_the_size_cap(media_server: str, path: str) -> N
     assert len(await fetch(media_server + path, max_bytes=2048)) == 2048
 
 
+async def test_a_compressed_body_is_capped_after_decompression(media_server: str) -> None:
+    with pytest.raises(MediaTooLarge):
+        await fetch(f"{media_server}/gzip-bomb", max_bytes=2**20)
+
+
 async def test_remote_media_timeout(media_server: str) -> None:
     with pytest.raises(BadRequest, match="could not be fetched"):
         await fetch(f"{media_server}/slow", timeout_s=0.3, max_bytes=len(PNG))
@@ -350,7 +366,7 @@ async def test_messages_to_turn(media_server: str) -> None:
             ],
         )
     )
-    history, message, media = await to_turn(request.messages, settings, settings.turn_limits())
+    history, message, media = await to_turn(request.messages, settings, settings.turn_limits(), None)
     assert history == [("a\nb", "c")] and message == ""
     assert [(m.modality, m.field) for m in media] == [
         ("image", "messages[1].content[1]"),

@@ -153,7 +153,7 @@ async def chat_completions(
     """A stateless turn from OpenAI messages (see service/api/v1_messages.py for the mapping)."""
     served = served_model(resources, asked=body.model).id
     sampling = body.sampling()
-    history, message, media = await to_turn(body.messages, settings, limits)
+    history, message, media = await to_turn(body.messages, settings, limits, tenant)
     completion = _Completion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),

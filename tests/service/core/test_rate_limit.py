@@ -1,7 +1,9 @@
-"""One contract, two limiters (in memory, real Redis): failed authentications per client address."""
+"""One contract, two limiters (in memory, real Redis): requests in flight per tenant, failed
+authentications per client address."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,6 +25,35 @@ async def limiter(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterat
     async with redis.Redis.from_url(redis_url) as client:
         prefix = f"pandaserve:test:{uuid.uuid4().hex}:"
         yield RedisRateLimiter(client, rpm=600, concurrency=4, auth_failures=FAILURES, prefix=prefix)
+        if keys := await client.keys(prefix + "*"):
+            await client.delete(*keys)
+
+
+async def test_each_request_holds_a_slot_of_its_own_until_it_leaves(limiter: RateLimiter) -> None:
+    slots = [await limiter.enter("key_a") for _ in range(4)]
+    assert len(set(slots)) == 4
+    with pytest.raises(TooManyRequests, match="4 requests of this API key are already in flight"):
+        await limiter.enter("key_a")
+    await limiter.enter("key_b")  # another tenant's cap
+    await limiter.leave("key_a", slots[0])
+    await limiter.leave("key_a", slots[0])  # twice: still one slot given back, not two
+    await limiter.enter("key_a")
+    with pytest.raises(TooManyRequests):
+        await limiter.enter("key_a")
+
+
+async def test_a_slot_never_given_back_stops_counting_at_its_deadline(redis_url: str) -> None:
+    """A replica that died (or lost Redis) as its requests ended: their slots free themselves."""
+    async with redis.Redis.from_url(redis_url) as client:
+        prefix = f"pandaserve:test:{uuid.uuid4().hex}:"
+        leaky = RedisRateLimiter(client, rpm=600, concurrency=2, slot_deadline_s=0.2, prefix=prefix)
+        await leaky.enter("key_a")
+        await leaky.enter("key_a")  # neither is ever given back
+        with pytest.raises(TooManyRequests):
+            await leaky.enter("key_a")
+        await asyncio.sleep(0.3)
+        await leaky.enter("key_a")  # past their deadline: the cap is whole again
+        await client.delete(*await client.keys(prefix + "*"))
 
 
 async def test_an_address_is_refused_after_its_failed_authentications(limiter: RateLimiter) -> None:

@@ -12,18 +12,19 @@ import redis.asyncio as redis
 import torch
 
 from service.core.session_store import MediaRecord, MemorySessionStore, RedisSessionStore, Session, SessionStore, Turn
-from service.errors import Conflict
+from service.errors import Conflict, TooManyRequests
 
 pytestmark = pytest.mark.integration
+CAP = 3  # live sessions per tenant
 
 
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[SessionStore]:
     if request.param == "memory":
-        yield MemorySessionStore(ttl_s=60)
+        yield MemorySessionStore(ttl_s=60, max_per_tenant=CAP)
         return
     async with redis.Redis.from_url(redis_url) as client:
-        yield RedisSessionStore(client, ttl_s=60, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
+        yield RedisSessionStore(client, ttl_s=60, max_per_tenant=CAP, prefix=f"pandaserve:test:{uuid.uuid4().hex}:")
 
 
 def turn(message: str, media: list[MediaRecord] | None = None) -> Turn:
@@ -82,9 +83,41 @@ async def test_delete(store: SessionStore) -> None:
     session = Session.new(None)
     session.turns.append(turn("x"))
     await store.commit(session, None)
-    assert await store.delete(session.session_id)
+    assert await store.delete(session)
     assert await store.get(session.session_id) is None
-    assert not await store.delete(session.session_id)
+    assert not await store.delete(session)
+
+
+async def test_a_tenant_holds_at_most_its_cap_of_live_sessions(store: SessionStore) -> None:
+    held = [Session.new("key_a") for _ in range(CAP)]
+    for session in held:
+        await store.commit(session, None)
+    with pytest.raises(TooManyRequests, match=f"holds {CAP} live sessions"):
+        await store.commit(Session.new("key_a"), None)
+    await store.commit(Session.new("key_b"), None)  # another tenant's cap
+    await store.commit(Session.new(None), None)  # auth off: no tenant, no cap
+    held[0].turns.append(turn("a later turn"))
+    await store.commit(held[0], 0)  # a later turn of a held session is not a new one
+    assert await store.delete(held[1])
+    await store.commit(Session.new("key_a"), None)  # the deleted one's place
+    with pytest.raises(TooManyRequests):
+        await store.commit(Session.new("key_a"), None)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_an_expired_session_gives_its_place_back(kind: str, redis_url: str) -> None:
+    async with redis.Redis.from_url(redis_url) as client:
+        prefix = f"pandaserve:test:{uuid.uuid4().hex}:"
+        one: SessionStore = (
+            MemorySessionStore(ttl_s=1, max_per_tenant=1)
+            if kind == "memory"
+            else RedisSessionStore(client, ttl_s=1, max_per_tenant=1, prefix=prefix)
+        )
+        await one.commit(Session.new("key_a"), None)
+        with pytest.raises(TooManyRequests):
+            await one.commit(Session.new("key_a"), None)
+        await asyncio.sleep(1.1)
+        await one.commit(Session.new("key_a"), None)
 
 
 async def test_memory_sessions_expire() -> None:
@@ -146,7 +179,7 @@ async def test_a_session_deleted_during_a_turn_stays_deleted(store: SessionStore
     await store.commit(session, expected_turns=None)  # POST /sessions: no turns yet
     during = session.model_copy(deep=True)
     during.turns.append(turn("first"))
-    await store.delete(session.session_id)  # while the first turn generates
+    await store.delete(session)  # while the first turn generates
     with pytest.raises(Conflict):
         await store.commit(during, expected_turns=0)
     assert await store.get(session.session_id) is None
