@@ -24,10 +24,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks import report
-from benchmarks.load import HttpTarget, Run, closed_loop, poisson
+from benchmarks.load import HttpTarget, Run, closed_loop, poisson, service_client
 from benchmarks.metrics import parse_slos, summarize
 from benchmarks.server import BENCH_ENV, REPO, RssSampler, cpu_split, machine_busy_seconds, redis_if_up, serve
 from benchmarks.workload import DEFAULT_WORKLOAD, Conversation, Workload, single
@@ -163,8 +161,7 @@ class Bench:
         self.runs["service"] = service
         top = max(args.concurrency)
         service["ratio_concurrency"] = top
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        async with service_client(url, headers) as client:
             target = HttpTarget(client)
 
             def measured(name: str, runner: Coroutine[Any, Any, Run]) -> Coroutine[Any, Any, dict[str, Any]]:

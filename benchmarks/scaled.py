@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.load import HttpTarget, Run, closed_loop
+from benchmarks.load import HttpTarget, Run, closed_loop, service_client
 from benchmarks.metrics import RequestRecord
 from benchmarks.server import (
     children,
@@ -136,8 +136,7 @@ class ScaledBench:
         engine_url: str | None = None,
         parts: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        async with service_client(url, headers) as client:
             target = HttpTarget(client)
             warm_up = self.bench.workload.conversations(10_000, 8, self.bench.nonce())  # untimed first-call costs
             await closed_loop(target.conversation, warm_up, 4)
