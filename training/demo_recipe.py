@@ -49,9 +49,9 @@ REPORT = "demo.json"
 REPO = Path(__file__).resolve().parents[1]
 
 
-# What each stage took in a build on 2 CPU cores (demo.json's `vision_s`, `text.s`, `align.s`), for the
+# About what each stage takes on 2 quiet CPU cores (demo.json records `vision_s`, `text.s`, `align.s`), for the
 # estimate the build starts with.
-MEASURED_S = {"vision": 20, "text": 60, "align": 480}
+MEASURED_S = {"vision": 20, "text": 90, "align": 600}
 
 
 def say(message: str) -> None:
