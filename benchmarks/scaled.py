@@ -262,33 +262,25 @@ def conversations_turns(conversations: list[Conversation]) -> int:
 
 def main_scaled(bench: Any) -> Path:
     """Run, then write report.json (and records.jsonl) in --out."""
-    import datetime as dt
     import json
 
     from benchmarks import report
-    from benchmarks.server import BENCH_ENV
 
-    args = bench.args
-    env = report.environment(args.bundle)
+    env = report.environment(bench.args.bundle)
     started = time.perf_counter()
     scaled = ScaledBench(bench)
     scaled.run()
-    env["sessions"] = bench.sessions
     values = scaled.out["figures"]
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"server_env": BENCH_ENV}
-    result = {
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "duration_s": time.perf_counter() - started,
-        "environment": env,
-        "config": config,
-        "workload": json.loads(args.workload.read_text()),
-        "conversations": len(scaled.conversations),
-        "turns": conversations_turns(scaled.conversations),
-        "runs": bench.runs,
-        "figures": values,
-        "targets": target_check(values),
-    }
-    path = report.write(args.out, result)
+    result = report.document(
+        bench,
+        started,
+        env,
+        conversations=len(scaled.conversations),
+        turns=conversations_turns(scaled.conversations),
+        figures=values,
+        targets=target_check(values),
+    )
+    path = report.write(bench.args.out, result)
     bench.write_records()
     print(table(scaled.out))
     print(json.dumps({"figures": values}, indent=2))
