@@ -31,6 +31,7 @@ from service.core.prompt import PromptAssembler
 from service.engines.vllm_remote import encode_prompt
 from service.engines.vllm_settings import ADAPTER
 from service.families import load_family
+from service.families.base import Medium
 from service.families.pandagpt import PROMPT_START, conversation_text
 
 # Text parts verbatim, vLLM's placeholder token for each `prompt_embeds` part, BOS first: the
@@ -74,7 +75,7 @@ def measure(bundle_dir: Path, log_dir: Path) -> dict[str, Any]:
     with stock_engine(bundle_dir, log_dir, extra_args=flags) as engine, httpx.Client(timeout=60) as client:
         for name, (turns, message) in CASES.items():
             history = [(f"Question {i}?", REPLY) for i in range(turns)]
-            segments = family.prompt(history, message, [slot])
+            segments = family.prompt(history, message, [Medium("image", slot)])
             expected = reference_ids(prompts, segments)
             content = [
                 {"type": "text", "text": PROMPT_START},

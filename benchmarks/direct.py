@@ -32,22 +32,25 @@ from service.engines.base import Engine
 # catches keeps its traceback), and a direct_run frame kept alive would keep the engine alive until
 # interpreter exit, when AsyncLLM.__del__ fails. benchmarks.direct is itself imported lazily.
 from service.engines.vllm_local import LocalVLLMEngine
+from service.families.base import Medium
 from service.resources import engine_config
 from service.settings import Settings
 
 
-async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, list[list[torch.Tensor]]]:
+async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, list[list[Medium]]]:
     """id(conversation) -> for each of its turns, the projected media of every turn so far."""
     pool = EncoderPool(parts.imagebind, parts.limits, parts.bundle.manifest.modalities)
-    out: dict[int, list[list[torch.Tensor]]] = {}
+    out: dict[int, list[list[Medium]]] = {}
     try:
         for conversation in conversations:
             embeddings: list[torch.Tensor] = []
+            modalities: list[str] = []
             per_turn = []
             for turn in conversation.turns:
                 items = [MediaInput(m.modality, m.data, f"{m.modality}[{k}]") for k, m in enumerate(turn.media)]
                 embeddings += await pool.encode(items) if items else []
-                per_turn.append(parts.media_rows(embeddings))
+                modalities += [m.modality for m in turn.media]
+                per_turn.append(parts.media_rows(modalities, embeddings))
             out[id(conversation)] = per_turn
     finally:
         await pool.close()
@@ -55,7 +58,7 @@ async def slots(parts: Parts, conversations: list[Conversation]) -> dict[int, li
 
 
 class DirectTarget:
-    def __init__(self, engine: Engine, parts: Parts, slots: dict[int, list[list[torch.Tensor]]]) -> None:
+    def __init__(self, engine: Engine, parts: Parts, slots: dict[int, list[list[Medium]]]) -> None:
         self.engine = engine
         self.parts = parts
         self.slots = slots

@@ -55,7 +55,7 @@ def run_original(parts: Parts, llm: torch.nn.Module, conversations: list[Convers
             started = time.perf_counter()
             record = RequestRecord(kind=conversation.kind, turn=i, start=started - t0)
             so_far = media[: sum(len(t.media) for t in conversation.turns[: i + 1])]
-            rows = parts.media_rows([parts.embed_one(m) for m in so_far])
+            rows = parts.media_rows([m.modality for m in so_far], [parts.embed_one(m) for m in so_far])
             prompt = parts.prompt(history, turn.message, rows)[None]
             clock = TokenClock()
             out = llm.generate(  # type: ignore[operator]

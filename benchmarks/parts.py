@@ -21,7 +21,7 @@ from service.core.prompt import PromptAssembler
 from service.core.reply import StopScanner
 from service.engines.base import Sampling
 from service.families import generation_defaults, load_family
-from service.families.base import Exchange, Family
+from service.families.base import Exchange, Family, Medium
 
 
 @dataclass
@@ -63,11 +63,13 @@ class Parts:
         return self.imagebind({modality.branch: torch.from_numpy(array)[None]})[modality.branch][0]
 
     @torch.inference_mode()
-    def media_rows(self, embeddings: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Each medium's soft-prompt vectors, as the service projects them."""
-        return list(self.projector(torch.stack(list(embeddings)))[:, None])
+    def media_rows(self, modalities: Sequence[str], embeddings: Sequence[torch.Tensor]) -> list[Medium]:
+        """Each medium with its soft-prompt vectors, as the service projects them (PandaGPT sums
+        every turn's media into one slot: the turn each came with does not matter)."""
+        rows = self.projector(torch.stack(list(embeddings)))[:, None]
+        return [Medium(modality, vectors) for modality, vectors in zip(modalities, rows, strict=True)]
 
-    def prompt(self, history: Sequence[Exchange], message: str, media: Sequence[torch.Tensor]) -> torch.Tensor:
+    def prompt(self, history: Sequence[Exchange], message: str, media: Sequence[Medium]) -> torch.Tensor:
         return self.prompts.assemble(self.family.prompt(history, message, media))
 
     def reply_text(self, token_ids: Sequence[int]) -> str:

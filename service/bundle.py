@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from encoders.modalities import MODALITIES
 
@@ -38,13 +38,17 @@ class GenerationOverrides(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["pandagpt"] = "pandagpt"
+    # The model family whose rules serve this bundle (service/families): PandaGPT unless it says otherwise.
+    family: Literal["pandagpt", "videollama"] = "pandagpt"
+    # Video-LLaMA's conversation template: "vicuna" (Vicuna v0, the default) or "llama2" (LLaMA-2-chat).
+    template: Literal["vicuna", "llama2"] | None = None
     llm: str = "llm"
     lora: str | None = "lora"
     projector: str = "projector.safetensors"
     imagebind: ImageBindSpec
-    # The family's end-of-turn token ids in this tokenizer (PandaGPT: `##` inside "\n###", 2277 for LLaMA).
-    stop_token_ids: list[int] = Field(min_length=1)
+    # PandaGPT's end-of-turn token ids in this tokenizer (`##` inside "\n###", 2277 for LLaMA).
+    # Video-LLaMA's stops are pieces its family finds in the tokenizer: none listed here.
+    stop_token_ids: list[int] = Field(default_factory=list)
     generation: GenerationOverrides = GenerationOverrides()
     modalities: list[str] = Field(default_factory=lambda: list(MODALITIES))
 
@@ -55,6 +59,17 @@ class Manifest(BaseModel):
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; known: {list(MODALITIES)}")
         return names
+
+    @model_validator(mode="after")
+    def fits_the_family(self) -> Manifest:
+        if self.family == "pandagpt":
+            if not self.stop_token_ids:
+                raise ValueError("a pandagpt bundle lists its stop_token_ids (the id of `##`)")
+            if self.template is not None:
+                raise ValueError("template is Video-LLaMA's choice; PandaGPT has one template")
+        elif self.lora is not None or self.stop_token_ids:
+            raise ValueError("a videollama bundle has no LoRA adapter and no stop_token_ids (lora: null)")
+        return self
 
 
 class Bundle(BaseModel):

@@ -71,7 +71,7 @@ def engine_config(bundle: Bundle, family: Family, settings: Settings) -> EngineC
     return EngineConfig(
         model_dir=bundle.llm_dir,
         lora_dir=bundle.lora_dir,
-        lora_targets=family.lora.targets,
+        lora_targets=family.lora.targets if family.lora else (),
         kv_cache_gib=settings.kv_cache_gib,
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,

@@ -28,7 +28,7 @@ from service.core.reply import Reply, TextDelta
 from service.core.session_store import MediaRecord, Session, SessionStore, Turn
 from service.engines.base import Engine, Sampling, TokenLogprob
 from service.errors import BadRequest, Conflict, NotFound, StoreUnavailable, Unprocessable
-from service.families.base import Exchange, Family, GenerationDefaults
+from service.families.base import Exchange, Family, GenerationDefaults, Medium
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,11 @@ async def final_result(first: TurnEvent, events: AsyncGenerator[TurnEvent, None]
 
 def _one_of(names: Sequence[str]) -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _media(per_turn: Sequence[Sequence[MediaRecord]]) -> list[Medium]:
+    """Every turn's media, as the family places them (each with the index of its turn)."""
+    return [Medium(m.modality, m.soft_prompt, turn) for turn, records in enumerate(per_turn) for m in records]
 
 
 class _Timing:
@@ -185,11 +190,13 @@ class ChatService:
                     "more; start a new session",
                     param=media[max(room, 0)].field,
                 )
-            records = await self._embed(sorted(media, key=lambda item: order.index(item.modality)))
+            # A kind the family does not take sorts last; the encoders refuse it, naming its field.
+            rank = {modality: i for i, modality in enumerate(order)}
+            records = await self._embed(sorted(media, key=lambda item: rank.get(item.modality, len(order))))
             result = None
             # The session's id keys the engine: behind a router, every turn reaches the engine holding its prefix.
-            every_medium = session.media() + records
-            reply = self._reply(tenant, session.history(), message, every_medium, request, session.session_id)
+            every_medium = [*(t.media for t in session.turns), records]
+            reply = self._reply(tenant, session.history(), message, _media(every_medium), request, session.session_id)
             async with aclosing(reply) as events:
                 async for event in events:
                     if isinstance(event, TurnResult):
@@ -222,7 +229,10 @@ class ChatService:
             raise Unprocessable(
                 f"a chat needs at least one media file ({_one_of(self.family.modality_order)})", param="messages"
             )
-        async with aclosing(self._reply(tenant, history, message, await self._embed(media), request)) as events:
+        # Every medium counts as sent with the first message (a family that places media by turn
+        # puts them all there).
+        prompt_media = _media([await self._embed(media)])
+        async with aclosing(self._reply(tenant, history, message, prompt_media, request)) as events:
             async for event in events:
                 yield event
 
@@ -270,13 +280,14 @@ class ChatService:
         ]
 
     async def _prompt(
-        self, history: Sequence[Exchange], message: str, media: list[MediaRecord], request: SamplingRequest
+        self, history: Sequence[Exchange], message: str, media: list[Medium], request: SamplingRequest
     ) -> tuple[torch.Tensor, Sampling]:
         """The prompt's rows and the sampling, the context checked before any row is built.
         Tokenizing a long conversation takes time: off the event loop."""
-        # Media of every turn so far, in order (the original reused the first turn's slot).
-        soft_prompts = [m.soft_prompt for m in media]
-        segments = await asyncio.to_thread(self.family.prompt, history, message, soft_prompts)
+        # Room for the reply the request asks for (or the default's): a family may trim history to it.
+        wanted = self.generation.max_tokens if request.max_tokens is None else request.max_tokens
+        budget = self.engine.max_model_len - wanted
+        segments = await asyncio.to_thread(self.family.prompt, history, message, media, budget)
         sampling = self.sampling(request, sum(len(segment) for segment in segments))
         return self.prompts.assemble(segments), sampling
 
@@ -285,7 +296,7 @@ class ChatService:
         tenant: str | None,
         history: Sequence[Exchange],
         message: str,
-        media: list[MediaRecord],
+        media: list[Medium],
         request: SamplingRequest,
         affinity: str | None = None,
     ) -> AsyncGenerator[TurnEvent, None]:
@@ -324,7 +335,7 @@ class ChatService:
             span.set_attribute("pandaserve.finish_reason", finish_reason)
             yield TurnResult(
                 None,
-                reply.text,
+                self.family.clean_reply(reply.text),
                 finish_reason,
                 len(prompt),
                 reply.generated,

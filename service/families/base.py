@@ -22,6 +22,26 @@ Exchange = tuple[str, str]  # (the user's message, the reply as it was returned)
 
 
 @dataclass(frozen=True)
+class Medium:
+    """One upload, as a family places it in the prompt.
+
+    `modality` and `soft_prompt` are all PandaGPT needs. Video-LLaMA writes each medium's own
+    placeholder text into the turn that sent it, and a video's text depends on what its decoding
+    found, so a medium also says which turn it came with, its audio track's vectors (a second slot)
+    and its sampled frames' times (the timestamp sentence).
+    """
+
+    modality: str  # one of the six upload kinds (encoders.modalities)
+    soft_prompt: torch.Tensor  # [n, hidden]: the vectors of its slot
+    turn: int = 0  # the index of the exchange it was sent with (len(history): the turn being asked)
+    # Video-LLaMA, a video only: its own audio track through the audio branch [8, hidden]; None
+    # when the video has no audio track (or the bundle no audio branch).
+    audio_track: torch.Tensor | None = None
+    # Video-LLaMA, a video only: each sampled frame's time in seconds (index / average fps), unrounded.
+    frame_seconds: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoraSpec:
     """The adapter's hyper-parameters, with its targets named as in the HF LLaMA model."""
 
@@ -67,11 +87,22 @@ class Family(Protocol):
     name: str
     tokenizer: spm.SentencePieceProcessor
     modality_order: tuple[str, ...]  # the order a turn's uploads take in the prompt
-    lora: LoraSpec
     generation: GenerationDefaults
     stop_rule: StopRule
 
-    def prompt(self, history: Sequence[Exchange], message: str, media: Sequence[torch.Tensor]) -> list[Segment]:
-        """The prompt of a turn. `media`: each medium's soft-prompt vectors [n, hidden], in the order
-        the media were sent (every turn's, oldest first)."""
+    @property
+    def lora(self) -> LoraSpec | None:
+        """The adapter's settings; None: the LLM is served without one."""
+        ...
+
+    def prompt(
+        self, history: Sequence[Exchange], message: str, media: Sequence[Medium], budget: int | None = None
+    ) -> list[Segment]:
+        """The prompt of a turn. `media`: every turn's media, in the order they were sent (oldest
+        first). `budget`: the most positions the prompt may take; a family that trims history drops
+        what it may to fit (one that does not returns it whole: the chat core refuses what is over)."""
+        ...
+
+    def clean_reply(self, text: str) -> str:
+        """The reply as returned and kept in the history, from the decoded text of its final tokens."""
         ...

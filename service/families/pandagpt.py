@@ -20,7 +20,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from service.families.base import Exchange, GenerationDefaults, LoraSpec, Segment, StopRule, StopSequence
+from service.families.base import Exchange, GenerationDefaults, LoraSpec, Medium, Segment, StopRule, StopSequence
 
 NAME = "pandagpt"
 PROMPT_START = "### Human: <Img>"
@@ -72,6 +72,13 @@ class PandaGPT:
     def load(cls, tokenizer_path: Path, separator_ids: Sequence[int]) -> PandaGPT:
         return cls(spm.SentencePieceProcessor(model_file=str(tokenizer_path)), separator_ids)
 
-    def prompt(self, history: Sequence[Exchange], message: str, media: Sequence[torch.Tensor]) -> list[Segment]:
-        slot = torch.cat(list(media)).sum(dim=0, keepdim=True)
+    def prompt(
+        self, history: Sequence[Exchange], message: str, media: Sequence[Medium], budget: int | None = None
+    ) -> list[Segment]:
+        """The whole conversation, whatever `budget`: the original neither truncated nor trimmed."""
+        slot = torch.cat([m.soft_prompt for m in media]).sum(dim=0, keepdim=True)
         return [self._prefix, slot, self.tokenizer.encode(conversation_text(history, message))]
+
+    def clean_reply(self, text: str) -> str:
+        """As decoded: the original kept its replies unstripped."""
+        return text

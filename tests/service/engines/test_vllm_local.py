@@ -14,6 +14,7 @@ from service.core.prompt import PromptAssembler
 from service.engines.base import Sampling
 from service.errors import BadRequest
 from service.families import load_family
+from service.families.base import Medium
 from service.resources import engine_config
 from service.settings import Settings
 
@@ -36,7 +37,7 @@ def prompt(demo_bundle: Path) -> torch.Tensor:
     bundle = load_bundle(demo_bundle)
     prompts = PromptAssembler.load(bundle.llm_dir)
     slot = torch.linspace(-0.05, 0.05, prompts.hidden_size)[None]
-    return prompts.assemble(load_family(bundle).prompt([], "Describe the picture.", [slot]))
+    return prompts.assemble(load_family(bundle).prompt([], "Describe the picture.", [Medium("image", slot)]))
 
 
 def greedy(max_tokens: int, stop: tuple[int, ...] = ()) -> Sampling:

@@ -26,6 +26,7 @@ from service.engines.base import Sampling
 from service.engines.vllm_remote import RemoteEngineConfig, RemoteVLLMEngine
 from service.engines.vllm_settings import ADAPTER
 from service.families import load_family
+from service.families.base import Medium
 from tests.conftest import AUTH, RunningServer, running_server
 from tests.media import picture, valid
 from tests.oracle import Oracle, assert_served_chat_equals
@@ -53,7 +54,9 @@ def prompts(demo_bundle: Path, count: int) -> list[torch.Tensor]:
     family, table = load_family(bundle), PromptAssembler.load(bundle.llm_dir)
     return [
         table.assemble(
-            family.prompt([], "Describe the picture " * (1 + i % 3), [torch.randn(1, table.hidden_size) * 0.1])
+            family.prompt(
+                [], "Describe the picture " * (1 + i % 3), [Medium("image", torch.randn(1, table.hidden_size) * 0.1)]
+            )
         )
         for i in range(count)
     ]
@@ -133,7 +136,7 @@ def described_picture(demo_bundle: Path) -> torch.Tensor:
     bundle = load_bundle(demo_bundle)
     table = PromptAssembler.load(bundle.llm_dir)
     slot = torch.linspace(-0.05, 0.05, table.hidden_size)[None]
-    return table.assemble(load_family(bundle).prompt([], "Describe the picture.", [slot]))
+    return table.assemble(load_family(bundle).prompt([], "Describe the picture.", [Medium("image", slot)]))
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:

@@ -12,6 +12,7 @@ import torch
 from service.bundle import load_bundle
 from service.core.prompt import PromptAssembler
 from service.families import generation_defaults, load_family
+from service.families.base import Medium
 from service.families.pandagpt import LORA, PROMPT_START, PandaGPT, conversation_text
 
 pytestmark = pytest.mark.unit
@@ -43,7 +44,7 @@ def test_prompt_places_bos_segments_and_the_summed_slot(demo_bundle: Path, famil
     sp = spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
     media = [torch.randn(1, prompts.hidden_size) for _ in range(3)]
     history = [("Describe it", "A red square.")]
-    embeds = prompts.assemble(family.prompt(history, "And the colour?", media))
+    embeds = prompts.assemble(family.prompt(history, "And the colour?", [Medium("image", m) for m in media]))
 
     before = [1, *sp.encode("### Human: <Img>")]
     after = sp.encode("</Img> Describe it\n### Assistant: A red square.\n### Human: And the colour?\n### Assistant:")
