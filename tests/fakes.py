@@ -4,6 +4,7 @@ them (the chat core, the family, the stores, the HTTP edge) is the real code."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -94,6 +95,18 @@ class FixedEncoder:
 
     async def close(self) -> None:
         return None
+
+
+def videollama_bundle(demo_bundle: Path, root: Path, **fields: object) -> Path:
+    """A Video-LLaMA manifest over the demo bundle's LLM (its tokenizer and embedding table): what the
+    family and the chat core read. `fields` replace the manifest's (e.g. template="llama2")."""
+    manifest = json.loads((demo_bundle / "manifest.json").read_text())
+    manifest.update(llm=str(demo_bundle / "llm"), imagebind={**manifest["imagebind"], "checkpoint": "x.pth"})
+    manifest.update(family="videollama", lora=None, stop_token_ids=[], modalities=["image", "video", "audio"])
+    manifest.update(fields)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
 
 
 def chat_service(bundle_dir: Path, engine: ScriptedEngine, encoder: FixedEncoder | None = None) -> ChatService:

@@ -90,6 +90,8 @@ def medium_parts(medium: Medium) -> list[Part]:
         # Audio first, as the placeholders read (the order fixed upstream on 2023-08-24); no timestamps.
         text, slots = AUDIO_VIDEO_MESSAGE, [medium.audio_track, medium.soft_prompt]
     elif medium.modality == "video":
+        if not medium.frame_seconds:  # the sentence would be wrong: refuse rather than invent it
+            raise ValueError("a Video-LLaMA video needs its sampled frames' times (Medium.frame_seconds)")
         text, slots = VIDEO_MESSAGE + timestamp_sentence(medium.frame_seconds), [medium.soft_prompt]
     elif medium.modality == "audio":
         text, slots = AUDIO_SENTENCE, [medium.soft_prompt]
