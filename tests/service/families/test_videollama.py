@@ -168,12 +168,13 @@ def test_several_media_each_with_its_placeholder_in_its_turn_in_order(sp: spm.Se
 def test_slots_keep_their_rows_in_the_assembled_prompt(demo_bundle: Path, sp: spm.SentencePieceProcessor) -> None:
     prompts = PromptAssembler.load(demo_bundle / "llm")
     hidden = prompts.hidden_size
-    video = Medium("video", torch.randn(32, hidden), audio_track=torch.randn(8, hidden), frame_seconds=SECONDS)
+    track = torch.randn(8, hidden)
+    video = Medium("video", torch.randn(32, hidden), audio_track=track, frame_seconds=SECONDS)
     segments = family(sp).prompt([], "What happens?", [video])
     embeds = prompts.assemble(segments)
     start = len(segments[0])
     assert embeds.shape[0] == sum(len(s) for s in segments)
-    assert torch.equal(embeds[start : start + 8], video.audio_track)
+    assert torch.equal(embeds[start : start + 8], track)
     start += 8 + len(segments[2])
     assert torch.equal(embeds[start : start + 32], video.soft_prompt)
 
