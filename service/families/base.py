@@ -28,7 +28,7 @@ class Medium:
     `modality` and `soft_prompt` are all PandaGPT needs. Video-LLaMA writes each medium's own
     placeholder text into the turn that sent it, and a video's text depends on what its decoding
     found, so a medium also says which turn it came with, its audio track's vectors (a second slot)
-    and its sampled frames' times (the timestamp sentence).
+    and its timestamp sentence.
     """
 
     modality: str  # one of the six upload kinds (encoders.modalities)
@@ -37,8 +37,9 @@ class Medium:
     # Video-LLaMA, a video only: its own audio track through the audio branch [8, hidden]; None
     # when the video has no audio track (or the bundle no audio branch).
     audio_track: torch.Tensor | None = None
-    # Video-LLaMA, a video only: each sampled frame's time in seconds (index / average fps), unrounded.
-    frame_seconds: tuple[float, ...] = ()
+    # Video-LLaMA, a video only: what its preprocessing wrote of when each sampled frame was taken
+    # (encoders/videollama/preprocess.py), the sentence after its placeholder.
+    timestamps: str = ""
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,6 @@ AUDIO_VIDEO_MESSAGE = (
 VICUNA_ROLES = ("Human", "Assistant")
 
 
-def timestamp_sentence(frame_seconds: Sequence[float]) -> str:
-    """What follows a video's placeholder: each time rounded to 0.1 s as Python rounds (ties to even)."""
-    times = ", ".join(str(round(t, 1)) for t in frame_seconds)
-    return f"The video contains {len(frame_seconds)} frames sampled at {times} seconds. "
-
-
 def clean_reply(text: str, template: Template) -> str:
     """`Chat.answer`'s post-processing: the text before a separator, after the last role name, stripped."""
     separator, role = ("###", "Assistant:") if template == "vicuna" else ("</s>", "ASSISTANT:")
@@ -90,9 +84,9 @@ def medium_parts(medium: Medium) -> list[Part]:
         # Audio first, as the placeholders read (the order fixed upstream on 2023-08-24); no timestamps.
         text, slots = AUDIO_VIDEO_MESSAGE, [medium.audio_track, medium.soft_prompt]
     elif medium.modality == "video":
-        if not medium.frame_seconds:  # the sentence would be wrong: refuse rather than invent it
-            raise ValueError("a Video-LLaMA video needs its sampled frames' times (Medium.frame_seconds)")
-        text, slots = VIDEO_MESSAGE + timestamp_sentence(medium.frame_seconds), [medium.soft_prompt]
+        if not medium.timestamps:  # the prompt would lie about the frames: refuse rather than invent it
+            raise ValueError("a Video-LLaMA video needs its timestamp sentence (Medium.timestamps)")
+        text, slots = VIDEO_MESSAGE + medium.timestamps, [medium.soft_prompt]
     elif medium.modality == "audio":
         text, slots = AUDIO_SENTENCE, [medium.soft_prompt]
     else:

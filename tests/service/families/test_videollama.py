@@ -16,12 +16,13 @@ import sentencepiece as spm
 import torch
 from pydantic import ValidationError
 
+from encoders.videollama.preprocess import frame_indices, timestamp_sentence
 from service.bundle import load_bundle
 from service.core.prompt import PromptAssembler
 from service.core.reply import Reply
 from service.families import generation_defaults, load_family
 from service.families.base import Medium, Segment
-from service.families.videollama import VideoLlama, clean_reply, timestamp_sentence
+from service.families.videollama import VideoLlama, clean_reply
 from tests.fakes import videollama_bundle
 
 pytestmark = pytest.mark.unit
@@ -38,8 +39,7 @@ AUDIO_VIDEO = (
     "                  "  # 18 spaces
     "Now answer my question based on what you have just seen and heard."
 )
-SECONDS = (0.0, 1.25, 2.5, 3.75, 5.0, 6.25, 7.5, 8.75)  # 8 frames of a 10 s video, as index / fps
-# Python's round ties to even on the float: 1.25 -> 1.2, 3.75 -> 3.8, 6.25 -> 6.2, 8.75 -> 8.8.
+# An 80-frame video at 8 fps: frames 0, 10, ..., 70 at 0, 1.25, ..., 8.75 s; Python's round ties to even.
 TIMESTAMPS = "The video contains 8 frames sampled at 0.0, 1.2, 2.5, 3.8, 5.0, 6.2, 7.5, 8.8 seconds. "
 
 
@@ -53,9 +53,9 @@ def vectors(rows: int, seed: int) -> torch.Tensor:
 
 
 IMAGE = Medium("image", vectors(32, 1))
-VIDEO = Medium("video", vectors(32, 2), frame_seconds=SECONDS)
+VIDEO = Medium("video", vectors(32, 2), timestamps=TIMESTAMPS)
 TRACK = vectors(8, 3)
-VIDEO_WITH_AUDIO = Medium("video", vectors(32, 4), audio_track=TRACK, frame_seconds=SECONDS)
+VIDEO_WITH_AUDIO = Medium("video", vectors(32, 4), audio_track=TRACK, timestamps=TIMESTAMPS)
 
 
 def slow_tokenizer(text: str, sp: spm.SentencePieceProcessor, bos: bool) -> list[int]:
@@ -91,13 +91,8 @@ def family(sp: spm.SentencePieceProcessor, template: str = "vicuna", audio_branc
 
 def test_sentences_are_the_originals_literals() -> None:
     assert AUDIO_VIDEO.count(" " * 17 + "Close your ears") == 1 and AUDIO_VIDEO.count(" " * 18 + "Now") == 1
-    assert timestamp_sentence(SECONDS) == TIMESTAMPS
-    # 40 frames at 20 fps: 0.25 s rounds to "0.2" (ties to even), 0.75 s to "0.8".
-    twenty_fps = [i / 20.0 for i in range(0, 40, 5)]
-    assert timestamp_sentence(twenty_fps) == (
-        "The video contains 8 frames sampled at 0.0, 0.2, 0.5, 0.8, 1.0, 1.2, 1.5, 1.8 seconds. "
-    )
-    assert timestamp_sentence([0.0, 0.5]) == "The video contains 2 frames sampled at 0.0, 0.5 seconds. "
+    # The sentence a video's Medium carries is the preprocessing's, placed by the family as it is.
+    assert timestamp_sentence(frame_indices(80), 8.0) == TIMESTAMPS
 
 
 def test_vicuna_video_of_the_audiovideo_demo(sp: spm.SentencePieceProcessor) -> None:
@@ -153,7 +148,7 @@ def test_llama2_image_has_the_visual_system_prompt(sp: spm.SentencePieceProcesso
 
 def test_several_media_each_with_its_placeholder_in_its_turn_in_order(sp: spm.SentencePieceProcessor) -> None:
     audio = Medium("audio", vectors(8, 5), turn=1)
-    video = Medium("video", vectors(32, 6), frame_seconds=(0.0, 0.5))
+    video = Medium("video", vectors(32, 6), timestamps="The video contains 2 frames sampled at 0.0, 0.5 seconds. ")
     history = [("Compare them.", "Both show a dog.")]
     prompt = family(sp).prompt(history, "And this?", [IMAGE, video, audio])
     expected = (
@@ -169,7 +164,7 @@ def test_slots_keep_their_rows_in_the_assembled_prompt(demo_bundle: Path, sp: sp
     prompts = PromptAssembler.load(demo_bundle / "llm")
     hidden = prompts.hidden_size
     track = torch.randn(8, hidden)
-    video = Medium("video", torch.randn(32, hidden), audio_track=track, frame_seconds=SECONDS)
+    video = Medium("video", torch.randn(32, hidden), audio_track=track, timestamps=TIMESTAMPS)
     segments = family(sp).prompt([], "What happens?", [video])
     embeds = prompts.assemble(segments)
     start = len(segments[0])
@@ -296,5 +291,5 @@ def test_manifests_that_do_not_fit_their_family_are_refused(demo_bundle: Path, t
 
 
 def test_a_video_without_its_frame_times_is_refused(sp: spm.SentencePieceProcessor) -> None:
-    with pytest.raises(ValueError, match="frame_seconds"):
+    with pytest.raises(ValueError, match="timestamp sentence"):
         family(sp).prompt([], "Hi", [Medium("video", vectors(32, 0))])
