@@ -36,7 +36,7 @@ class Parts:
     @classmethod
     def load(cls, bundle_dir: Path) -> Parts:
         bundle = load_bundle(bundle_dir)
-        config = ImageBindConfig(**bundle.manifest.imagebind.config)
+        config = ImageBindConfig(**bundle.imagebind.config)
         return cls(
             bundle=bundle,
             family=load_family(bundle),

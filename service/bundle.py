@@ -24,6 +24,17 @@ class ImageBindSpec(BaseModel):
     config: dict[str, Any]
 
 
+class VideoLlamaSpec(BaseModel):
+    """Video-LLaMA's encoders (encoders.videollama), under the original state-dict names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vision: str  # EVA ViT-g, ln_vision, the BLIP-2 and video Q-Formers, llama_proj (safetensors)
+    audio: str | None = None  # the audio Q-Former and audio_llama_proj, on the bundle's ImageBind
+    # encoders.videollama.VideoLlamaConfig's fields: the sizes the converter read off the files.
+    config: dict[str, Any]
+
+
 class GenerationOverrides(BaseModel):
     """The bundle's own generation defaults, where they differ from its family's."""
 
@@ -45,7 +56,9 @@ class Manifest(BaseModel):
     llm: str = "llm"
     lora: str | None = "lora"
     projector: str = "projector.safetensors"
-    imagebind: ImageBindSpec
+    # ImageBind: PandaGPT's encoder of every modality; Video-LLaMA's audio branch runs on it.
+    imagebind: ImageBindSpec | None = None
+    videollama: VideoLlamaSpec | None = None
     # PandaGPT's end-of-turn token ids in this tokenizer (`##` inside "\n###", 2277 for LLaMA).
     # Video-LLaMA's stops are pieces its family finds in the tokenizer: none listed here.
     stop_token_ids: list[int] = Field(default_factory=list)
@@ -63,12 +76,16 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def fits_the_family(self) -> Manifest:
         if self.family == "pandagpt":
+            if self.imagebind is None or self.videollama is not None:
+                raise ValueError("a pandagpt bundle names its imagebind checkpoint and no videollama encoders")
             if not self.stop_token_ids:
                 raise ValueError("a pandagpt bundle lists its stop_token_ids (the id of `##`)")
             if self.template is not None:
                 raise ValueError("template is Video-LLaMA's choice; PandaGPT has one template")
         elif self.lora is not None or self.stop_token_ids:
             raise ValueError("a videollama bundle has no LoRA adapter and no stop_token_ids (lora: null)")
+        elif self.videollama is not None and (self.videollama.audio is None) != (self.imagebind is None):
+            raise ValueError("a videollama bundle's audio branch and its imagebind checkpoint come together")
         return self
 
 
@@ -95,8 +112,14 @@ class Bundle(BaseModel):
         return self.path(self.manifest.projector)
 
     @property
+    def imagebind(self) -> ImageBindSpec:
+        if self.manifest.imagebind is None:
+            raise ValueError(f"the bundle at {self.root} has no ImageBind checkpoint")
+        return self.manifest.imagebind
+
+    @property
     def imagebind_path(self) -> Path:
-        return self.path(self.manifest.imagebind.checkpoint)
+        return self.path(self.imagebind.checkpoint)
 
     @property
     def tokenizer_path(self) -> Path:
@@ -110,4 +133,7 @@ def load_bundle(root: str | Path) -> Bundle:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:
-    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude_none=True) + "\n")
+    data = manifest.model_dump(mode="json", exclude_none=True)
+    if manifest.lora is None:
+        data["lora"] = None  # null says "no adapter" (left out, the field would read as "lora")
+    (root / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")

@@ -41,7 +41,7 @@ def embed(args: argparse.Namespace) -> None:
     from service.settings import Settings
 
     bundle = load_bundle(args.bundle)
-    spec = bundle.manifest.imagebind
+    spec = bundle.imagebind
     model = load_imagebind(bundle.imagebind_path, ImageBindConfig(**spec.config))
     media = [MediaInput(args.modality, args.file.read_bytes(), f"{args.modality}[0]")]
 

@@ -91,7 +91,7 @@ async def start_encoders(
     # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
-    config = ImageBindConfig(**bundle.manifest.imagebind.config)
+    config = ImageBindConfig(**bundle.imagebind.config)
     imagebind = load_imagebind(bundle.imagebind_path, config, device, dtype)
     limits = settings.media_limits()
     cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)

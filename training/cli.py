@@ -32,6 +32,18 @@ def bundle_convert_pandagpt(args: argparse.Namespace) -> None:
     print(f"bundle written to {args.out}")
 
 
+def bundle_convert_videollama(args: argparse.Namespace) -> None:
+    from training.convert_videollama import convert_videollama
+
+    try:
+        convert_videollama(
+            args.llm, args.vl, args.eva_vit, args.qformer, args.out, args.al, args.imagebind, args.template
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"pandaserve bundle convert-videollama: {exc}") from exc
+    print(f"bundle written to {args.out}")
+
+
 def train_run(args: argparse.Namespace) -> None:
     import logging
 
@@ -71,6 +83,16 @@ def add_commands(commands: Any) -> None:
     c.add_argument("--imagebind", type=Path, required=True, help="imagebind_huge.pth (referenced, not copied)")
     c.add_argument("out", type=Path)
     c.set_defaults(run=bundle_convert_pandagpt)
+    v = bundles.add_parser("convert-videollama", help="turn the released Video-LLaMA files into a bundle")
+    v.add_argument("--llm", type=Path, required=True, help="the base LLM's HF dir (referenced, not copied)")
+    v.add_argument("--vl", type=Path, required=True, help="the VL checkpoint (the video branch)")
+    v.add_argument("--al", type=Path, help="the AL checkpoint (the audio branch; needs --imagebind)")
+    v.add_argument("--eva-vit", type=Path, required=True, help="eva_vit_g.pth")
+    v.add_argument("--qformer", type=Path, required=True, help="blip2_pretrained_flant5xxl.pth")
+    v.add_argument("--imagebind", type=Path, help="imagebind_huge.pth (referenced, not copied)")
+    v.add_argument("--template", choices=["vicuna", "llama2"], default="vicuna", help="the LLM's chat template")
+    v.add_argument("out", type=Path)
+    v.set_defaults(run=bundle_convert_videollama)
 
     from training.train import add_config_flags
 

@@ -309,7 +309,7 @@ def resolve_base(cfg: TrainConfig) -> tuple[Path, Path, dict[str, Any]]:
         from service.bundle import load_bundle
 
         bundle = load_bundle(cfg.base)
-        return bundle.llm_dir, bundle.imagebind_path, bundle.manifest.imagebind.config
+        return bundle.llm_dir, bundle.imagebind_path, bundle.imagebind.config
     if not (cfg.vicuna and cfg.imagebind):
         raise ValueError("name the model: --base BUNDLE, or both --vicuna DIR and --imagebind FILE")
     from training.convert import resolve_imagebind_preset

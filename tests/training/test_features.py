@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def imagebind(demo_bundle: Path) -> tuple[Path, ImageBindConfig]:
     bundle = load_bundle(demo_bundle)
-    return bundle.imagebind_path, ImageBindConfig(**bundle.manifest.imagebind.config)
+    return bundle.imagebind_path, ImageBindConfig(**bundle.imagebind.config)
 
 
 def test_encoded_once_cached_by_content_and_exact(tmp_path: Path, imagebind: tuple[Path, ImageBindConfig]) -> None:

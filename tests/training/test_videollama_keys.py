@@ -23,7 +23,7 @@ def source() -> tuple[VideoLlamaVision, VideoLlamaAudio]:
     return VideoLlamaVision(TINY).eval(), VideoLlamaAudio(TINY).eval()
 
 
-def _released(
+def released_files(
     vision: VideoLlamaVision, audio: VideoLlamaAudio
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
     """(eva_vit_g.pth, BLIP-2 ["model"], VL ["model"], AL ["model"]) as upstream's files lay them out."""
@@ -69,7 +69,7 @@ def test_mapped_weights_load_strictly_and_reproduce_the_source(
     source: tuple[VideoLlamaVision, VideoLlamaAudio],
 ) -> None:
     vision, audio = source
-    eva, blip2, vl, al = _released(vision, audio)
+    eva, blip2, vl, al = released_files(vision, audio)
     vision_state, audio_state = map_vision(eva, blip2, vl), map_audio(al)
     assert check_branches(vision_state, audio_state) == TINY  # sizes read off the tensors
     with torch.device("meta"):
@@ -91,12 +91,12 @@ def test_full_size_shapes_give_the_full_presets() -> None:
 
 
 def test_vision_only(source: tuple[VideoLlamaVision, VideoLlamaAudio]) -> None:
-    eva, blip2, vl, _ = _released(*source)
+    eva, blip2, vl, _ = released_files(*source)
     assert check_branches(map_vision(eva, blip2, vl)).llm_hidden_size == TINY.llm_hidden_size
 
 
 def test_unexpected_keys_are_named(source: tuple[VideoLlamaVision, VideoLlamaAudio]) -> None:
-    eva, blip2, vl, al = _released(*source)
+    eva, blip2, vl, al = released_files(*source)
     with pytest.raises(CheckpointKeyError, match=r"eva_vit_g\.pth: 1 unexpected keys: head\.weight"):
         map_vision(eva | {"head.weight": torch.zeros(1)}, blip2, vl)
     with pytest.raises(CheckpointKeyError, match=r"BLIP-2 checkpoint: 1 unexpected keys: t5_proj\.weight"):
@@ -109,7 +109,7 @@ def test_unexpected_keys_are_named(source: tuple[VideoLlamaVision, VideoLlamaAud
 
 
 def test_missing_and_misshapen_keys_are_named(source: tuple[VideoLlamaVision, VideoLlamaAudio]) -> None:
-    eva, blip2, vl, al = _released(*source)
+    eva, blip2, vl, al = released_files(*source)
     no_bias = {k: v for k, v in vl.items() if k != "video_Qformer.bert.encoder.layer.1.output_query.dense.bias"}
     with pytest.raises(
         CheckpointKeyError,
