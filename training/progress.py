@@ -26,13 +26,24 @@ class Progress:
         self.live = self.stream.isatty()
         self.started = time.monotonic()
         self._last_tenth = -1
+        # The rate is measured from the first step seen: a stage may spend a while before its first
+        # step (the align stage encodes its pictures first), which says nothing of the steps' pace.
+        self._first: tuple[float, int] | None = None
 
     def line(self, done: int, **measured: float) -> str:
         done = min(done, self.total)
         filled = WIDTH * done // self.total
         bar = "#" * filled + "-" * (WIDTH - filled)
-        elapsed = time.monotonic() - self.started
-        left = f"{duration(elapsed * (self.total - done) / done)} left" if done else "starting"
+        now = time.monotonic()
+        if self._first is None and done:
+            self._first = (now, done)
+        if self._first is None:
+            left = "starting"
+        elif done > self._first[1]:
+            per_step = (now - self._first[0]) / (done - self._first[1])
+            left = f"{duration(per_step * (self.total - done))} left"
+        else:
+            left = "measuring"
         extra = "".join(f"  {name} {value:.3f}" for name, value in measured.items())
         return f"{self.stage:<7}[{bar}] {done}/{self.total} {self.unit}{extra}  {left}"
 

@@ -27,11 +27,14 @@ def test_a_log_gets_a_line_per_tenth_and_the_last_line_says_how_long() -> None:
     assert lines[-1].startswith("align  [########################] 3000/3000 steps  loss 0.250  done in 30s")
 
 
-def test_the_time_left_follows_the_rate_so_far() -> None:
-    progress = Progress("text", 150, stream=io.StringIO())
-    progress.started -= 60
-    assert progress.line(50).endswith("2m00s left")  # 50 steps a minute, 100 to go
+def test_the_time_left_follows_the_steps_pace_from_the_first_step_seen() -> None:
+    progress = Progress("align", 150, stream=io.StringIO())
     assert progress.line(0).endswith("starting")
+    progress.started -= 600  # ten minutes before the first step (encoding the pictures): not the pace
+    assert progress.line(10).endswith("measuring")
+    assert progress._first is not None
+    progress._first = (progress._first[0] - 60, 10)  # then 50 steps in a minute
+    assert progress.line(60).endswith("1m48s left")  # 90 to go
 
 
 def test_durations_read_as_minutes_and_seconds() -> None:
