@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from benchmarks.server import free_port, stop, wait_ready
 from tests.otlp import Collector, otlp_collector
@@ -134,3 +137,57 @@ def running_encoders(bundle: Path, redis_url: str, log_dir: Path) -> Iterator[Ru
         yield RunningServer(base, proc, log_path)
     finally:
         stop(proc)
+
+
+class OwnRedis:
+    """A Redis of a test module's own, never the shared one, so it can be stopped, filled or made
+    read-only; with an append-only file so its data survives a restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir, self.port = directory, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.dir),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
+    r = OwnRedis(tmp_path_factory.mktemp("redis"))
+    r.start()
+    yield r
+    if r.proc is not None and r.proc.poll() is None:
+        r.stop()

@@ -3,76 +3,19 @@ service recovers without a restart, and no committed turn is lost."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from benchmarks.server import free_port
-from tests.conftest import AUTH, RunningServer, running_server
+from tests.conftest import AUTH, OwnRedis, RunningServer, running_server
 from tests.media import picture
 
 pytestmark = pytest.mark.e2e
 
 IMAGE = [("image", ("a.png", picture(2, (64, 64))))]
-
-
-class OwnRedis:
-    """A Redis of this test's own, with an append-only file so its data survives a restart."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir, self.port = directory, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        cmd = [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(self.dir),
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not start")
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()  # SIGTERM: Redis flushes its append-only file and exits
-        self.proc.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
-    r = OwnRedis(tmp_path_factory.mktemp("redis"))
-    r.start()
-    yield r
-    if r.proc is not None and r.proc.poll() is None:
-        r.stop()
 
 
 @pytest.fixture(scope="module")
