@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
-from benchmarks.server import free_port, stop, wait_ready
+from benchmarks.server import Server, free_port, stock_engine, stop, wait_ready
 from tests.otlp import Collector, otlp_collector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,3 +193,40 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
     yield r
     if r.proc is not None and r.proc.poll() is None:
         r.stop()
+
+
+@contextmanager
+def engine_killed(
+    api: RunningServer,
+    engine: Server,
+    bundle: Path,
+    log_dir: Path,
+    while_down: Callable[[httpx.Client], None] | None = None,
+) -> Iterator[Server]:
+    """The API's stock engine (`stock_engine`, a process group of its own) killed with SIGKILL: a
+    turn is 503 `engine_error` naming the engine and /readyz 503 (then `while_down`, with a client
+    of the API); then a new engine on the same port, and the API serves again without a restart.
+    Yields the new engine, stopped on exit."""
+    files = [("image", ("a.png", _picture(9)))]
+    with suppress(ProcessLookupError):  # already killed by the caller, mid-turn
+        os.killpg(engine.proc.pid, signal.SIGKILL)
+    engine.proc.wait()
+    with httpx.Client(base_url=api.url, headers=AUTH, timeout=60) as client:
+        r = client.post("/chat", data={"message": "Still there?", "max_tokens": "4"}, files=files)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_error", r.text
+        assert "inference engine" in r.json()["error"]["message"]
+        assert client.get("/readyz").status_code == 503
+        if while_down is not None:
+            while_down(client)
+        port = int(engine.url.rsplit(":", 1)[1])
+        with stock_engine(bundle, log_dir, port=port) as again:
+            wait_ready(api.url, api.proc, api.log, timeout_s=120)  # readyz again, the API never restarted
+            r = client.post("/chat", data={"message": "Back?", "max_tokens": "4"}, files=files)
+            assert r.status_code == 200, r.text
+            yield again
+
+
+def _picture(seed: int) -> bytes:
+    from tests.media import picture  # here: tests.media imports the decoders, conftest should not at start
+
+    return picture(seed, (64, 64))
