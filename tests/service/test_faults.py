@@ -116,9 +116,14 @@ class SlotLeaked(AssertionError):
 
 # Issue 14, item 5 (in-flight counted per request id, with deadlines; in progress elsewhere): today
 # a request whose Redis fails mid-turn cannot give its slot back (the DECR fails too), and the
-# counter keeps it for an hour. Strict: when the fix lands these pass, and the marks must go.
+# counter keeps it for an hour. Strict where the leak is certain (Redis stopped: when the fix lands
+# the test passes, and the mark must go); not strict where it is a race (out of memory, read-only:
+# the test lifts the fault as the server returns the slot, which succeeds or not).
 LEAKS = pytest.mark.xfail(
     raises=SlotLeaked, strict=True, reason="issue 14 item 5: a slot is leaked when Redis fails mid-request"
+)
+MAY_LEAK = pytest.mark.xfail(
+    raises=SlotLeaked, strict=False, reason="issue 14 item 5: a slot is leaked if the fault outlasts the request"
 )
 
 
@@ -230,7 +235,7 @@ def test_redis_stopped_mid_turn_loses_only_that_turn(
     assert_invariants(api, "redis stopped mid-turn", store, client, conversation)
 
 
-@LEAKS
+@MAY_LEAK
 def test_redis_out_of_memory_is_503_and_nothing_is_left(
     api: RunningServer, store: redis.Redis, client: httpx.Client, conversation: Conversation
 ) -> None:
@@ -260,7 +265,7 @@ def test_redis_out_of_memory_is_503_and_nothing_is_left(
     assert_invariants(api, "redis out of memory", store, client, conversation)
 
 
-@LEAKS
+@MAY_LEAK
 def test_redis_read_only_is_503_and_nothing_is_left(
     api: RunningServer, store: redis.Redis, client: httpx.Client, conversation: Conversation
 ) -> None:
