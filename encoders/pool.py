@@ -99,6 +99,10 @@ class _Waiting:
     since: float = field(default_factory=time.monotonic)
 
 
+class _DiedIdle(Exception):
+    """The worker a file was handed to had died while idle; another worker takes the file."""
+
+
 class _DeadlinePassed(BaseException):
     """Raised in a decode worker by its alarm: a BaseException, so no decoder's `except` keeps it."""
 
@@ -319,18 +323,26 @@ class EncoderPool:
 
     async def _decode_in_worker(self, item: MediaInput) -> tuple[np.ndarray, float, float]:
         self._start_workers()
-        worker = await self._idle.get()
-        # The job owns the worker until the decode ends however it ends: a request that goes away
-        # does not cut the deadline short or hand back a worker that is still busy.
-        job = asyncio.ensure_future(self._run(worker, item))
-        job.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, if no one awaits
-        return await asyncio.shield(job)
+        while True:
+            worker = await self._idle.get()
+            # The job owns the worker until the decode ends however it ends: a request that goes away
+            # does not cut the deadline short or hand back a worker that is still busy.
+            job = asyncio.ensure_future(self._run(worker, item))
+            job.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, if no one awaits
+            try:
+                return await asyncio.shield(job)
+            except _DiedIdle:
+                continue  # that worker is being replaced; the next idle one takes the file
 
     async def _run(self, worker: _Worker, item: MediaInput) -> tuple[np.ndarray, float, float]:
         deadline = self.batching.decode_deadline_s
         worker.field = item.field
         try:
-            future = worker.executor.submit(_decode, item.modality, item.data, item.field, self.limits, deadline)
+            try:
+                future = worker.executor.submit(_decode, item.modality, item.data, item.field, self.limits, deadline)
+            except BrokenProcessPool:  # it died while idle (killed from outside): not this file's doing
+                self._replace(worker)
+                raise _DiedIdle from None
             return await asyncio.wait_for(
                 asyncio.wrap_future(future), deadline + DEADLINE_GRACE_S if deadline else None
             )

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
 
-from benchmarks.server import free_port, stop, wait_ready
+from benchmarks.server import Server, free_port, stock_engine, stop, wait_ready
 from tests.otlp import Collector, otlp_collector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +80,11 @@ def server(
 ) -> Iterator[str]:
     # Traced to the test collector; spans are exported every 100 ms instead of every 5 s.
     tracing = {"PANDASERVE_OTLP_TRACES_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server"), tracing) as running:
+    # No module of this server tests the rate limit (test_lifecycle does, on its own server), and
+    # schemathesis sends 1,000+ requests in under a minute: at the default 600 per minute, shared
+    # through Redis with every other run of the suite on this machine, half of them were 429s.
+    unlimited = {"PANDASERVE_RATE_LIMIT_RPM": "1000000"}
+    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("server"), tracing | unlimited) as running:
         yield running.url
 
 
@@ -134,3 +143,94 @@ def running_encoders(bundle: Path, redis_url: str, log_dir: Path) -> Iterator[Ru
         yield RunningServer(base, proc, log_path)
     finally:
         stop(proc)
+
+
+class OwnRedis:
+    """A Redis of a test module's own, never the shared one, so it can be stopped, filled or made
+    read-only; with an append-only file so its data survives a restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir, self.port = directory, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.dir),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()  # SIGTERM: Redis flushes its append-only file and exits
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
+    r = OwnRedis(tmp_path_factory.mktemp("redis"))
+    r.start()
+    yield r
+    if r.proc is not None and r.proc.poll() is None:
+        r.stop()
+
+
+@contextmanager
+def engine_killed(
+    api: RunningServer,
+    engine: Server,
+    bundle: Path,
+    log_dir: Path,
+    while_down: Callable[[httpx.Client], None] | None = None,
+) -> Iterator[Server]:
+    """The API's stock engine (`stock_engine`, a process group of its own) killed with SIGKILL: a
+    turn is 503 `engine_error` naming the engine and /readyz 503 (then `while_down`, with a client
+    of the API); then a new engine on the same port, and the API serves again without a restart.
+    Yields the new engine, stopped on exit."""
+    files = [("image", ("a.png", _picture(9)))]
+    with suppress(ProcessLookupError):  # already killed by the caller, mid-turn
+        os.killpg(engine.proc.pid, signal.SIGKILL)
+    engine.proc.wait()
+    with httpx.Client(base_url=api.url, headers=AUTH, timeout=60) as client:
+        r = client.post("/chat", data={"message": "Still there?", "max_tokens": "4"}, files=files)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_error", r.text
+        assert "inference engine" in r.json()["error"]["message"]
+        assert client.get("/readyz").status_code == 503
+        if while_down is not None:
+            while_down(client)
+        port = int(engine.url.rsplit(":", 1)[1])
+        with stock_engine(bundle, log_dir, port=port) as again:
+            wait_ready(api.url, api.proc, api.log, timeout_s=120)  # readyz again, the API never restarted
+            r = client.post("/chat", data={"message": "Back?", "max_tokens": "4"}, files=files)
+            assert r.status_code == 200, r.text
+            yield again
+
+
+def _picture(seed: int) -> bytes:
+    from tests.media import picture  # here: tests.media imports the decoders, conftest should not at start
+
+    return picture(seed, (64, 64))

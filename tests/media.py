@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import numpy as np
 import soundfile as sf
@@ -79,3 +80,42 @@ def valid(modality: str, seed: int) -> bytes:
         "depth": lambda: depth_png16(seed),
         "imu": lambda: imu_npy(seed, 1500 + 300 * (seed % 4)),
     }[modality]()
+
+
+# Files at and past the limits (tests/hostile.py's corpus, tests/service/test_bad_inputs.py).
+
+
+def png(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def wav_samples(n: int, rate: int = 16_000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(n, np.float32), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def wav_channels(channels: int, rate: int, frames: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((frames, channels), np.float32), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def one_keyframe_video(fps: int, seconds: float) -> bytes:
+    """One keyframe, then thousands of predicted frames: each sampled frame lies hundreds of frames
+    past the previous one, over the server's PANDASERVE_MAX_VIDEO_FRAMES_PER_SAMPLE."""
+    from tests.encoders.test_video import make_video  # here: that module imports torch and the encoders
+
+    return make_video("mp4", "libx264", 64, 48, Fraction(fps), int(fps * seconds), None, 100_000)
+
+
+def csv_rows(rows: int) -> bytes:
+    return ("ax,ay,az,gx,gy,gz\n" + "0.1,0.2,9.8,0,0,0\n" * rows).encode()

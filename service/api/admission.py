@@ -9,6 +9,7 @@ before its dependencies run, so a request with a bad key would upload its whole 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -16,6 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.error_handlers import error_response
 from service.api.lifecycle import Lifecycle
 from service.errors import NotReady, ServiceError, Unauthorized
+
+log = logging.getLogger(__name__)
 
 # Probes need no key and count against no limit; nor do the metrics and the contract, unless the
 # operator keeps them for key holders (PANDASERVE_PUBLIC_METRICS_AND_DOCS=false: the metrics show
@@ -65,5 +68,9 @@ class AdmissionMiddleware:
         finally:
             try:
                 await asyncio.shield(resources.limiter.leave(limited_as, slot))  # even when cancelled: no slot leaks
+            except ServiceError as exc:
+                # The answer is already sent: a store that fails now (Redis down, out of memory) is
+                # the slot's problem, not the request's (its deadline frees it); raised, it would be an unhandled error.
+                log.warning("could not return the in-flight slot of %s: %s (%r)", limited_as, exc, exc.__cause__)
             finally:
                 lifecycle.leave()

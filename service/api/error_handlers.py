@@ -86,7 +86,9 @@ def error_body(exc: Exception) -> tuple[int, dict]:
         log.error("request failed", exc_info=exc)
         return status, envelope(kind, "internal server error")
     if status > 500:
-        log.warning("request refused: %s: %s", kind, exc)
+        # The cause too (e.g. which Redis error): a 503's message stays generic for the client.
+        cause = f" ({exc.__cause__!r})" if exc.__cause__ is not None else ""
+        log.warning("request refused: %s: %s%s", kind, exc, cause)
     return status, envelope(kind, str(exc), _param_of(exc))
 
 

@@ -14,6 +14,9 @@ from service.errors import BadRequest
 # --- request -------------------------------------------------------------------------------------
 
 
+StopString = Annotated[str, Field(max_length=256)]
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str
@@ -123,7 +126,10 @@ class ChatCompletionRequest(BaseModel):
     top_p: TopP | None = None
     top_k: TopK | None = Field(default=None, description="extension: top-k sampling (-1: off)")
     seed: Seed | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(default=None, description="up to 4 strings")
+    # Each is searched for in the reply after every token, and holds back as many characters: bounded.
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = Field(
+        default=None, description="up to 4 strings of at most 256 characters"
+    )
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     n: int = Field(default=1, description="only 1 is supported")

@@ -97,6 +97,20 @@ async def test_a_worker_killed_mid_decode_fails_only_its_file(model: ImageBindMo
         await pool.close()
 
 
+async def test_a_worker_that_died_idle_fails_no_file(model: ImageBindModel) -> None:
+    """Killed while it held no file (the OOM killer's choice): the next file goes to another worker."""
+    pool = make_pool(model, decode_workers=2)
+    try:
+        await pool.start()
+        for worker in list(pool._workers):
+            os.kill(worker.pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # each executor sees its process gone
+        results = await asyncio.wait_for(asyncio.gather(*(pool.encode([image(20 + i)]) for i in range(3))), 120)
+        assert all(r[0].shape == (1024,) for r in results)  # on the replacements, not failed
+    finally:
+        await pool.close()
+
+
 async def test_a_file_past_its_deadline_fails_alone_and_the_worker_goes_on(
     model: ImageBindModel, slow: MediaInput
 ) -> None:

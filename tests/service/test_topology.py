@@ -11,8 +11,6 @@ is 503 naming the engine and /readyz false, until it is back, without restarting
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,8 +29,8 @@ from service.core.prompt import PromptAssembler
 from service.engines.base import Sampling
 from service.engines.vllm_remote import RemoteEngineConfig, RemoteVLLMEngine
 from service.engines.vllm_settings import ADAPTER
-from tests.conftest import AUTH, REPO, RunningServer, running_encoders, running_server
-from tests.media import picture, valid
+from tests.conftest import AUTH, REPO, RunningServer, engine_killed, running_encoders, running_server
+from tests.media import valid
 from tests.oracle import Oracle, assert_served_chat_equals
 
 pytestmark = pytest.mark.e2e
@@ -158,20 +156,14 @@ def test_the_engine_killed_behind_the_router_is_503_and_the_api_recovers(
     """Last in the module: it kills the engine. The router answers 500 while its only engine refuses
     connections, then 503 once its health check marks it down; the API turns either into 503
     `engine_error` and /readyz false, and serves again once the router sees the engine back."""
-    b, engine, router = topology.replicas[1], topology.engine, topology.router
-    files = [("image", ("a.png", picture(9, (64, 64))))]
-    os.killpg(engine.proc.pid, signal.SIGKILL)
-    engine.proc.wait()
-    with httpx.Client(base_url=b.url, headers=AUTH, timeout=60) as client:
-        r = client.post("/chat", data={"message": "Still there?", "max_tokens": "4"}, files=files)
-        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_error", r.text
-        assert "inference engine" in r.json()["error"]["message"]
-        assert client.get("/readyz").status_code == 503
+    b, router = topology.replicas[1], topology.router
+
+    def router_reports_it_down(client: httpx.Client) -> None:
         # Past the API's breaker cool-down the router itself reports the engine down (its /health 503).
         wait_ready(router.url, router.proc, router.log, timeout_s=60, path="/health", status=503)
         assert client.get("/readyz").status_code == 503
-        port = int(engine.url.rsplit(":", 1)[1])
-        with stock_engine(demo_bundle, tmp_path_factory.mktemp("engine-again"), port=port):
-            wait_ready(b.url, b.proc, b.log, timeout_s=120)  # readyz again, the API never restarted
-            r = client.post("/chat", data={"message": "Back?", "max_tokens": "4"}, files=files)
-            assert r.status_code == 200, r.text
+
+    with engine_killed(
+        b, topology.engine, demo_bundle, tmp_path_factory.mktemp("engine-again"), router_reports_it_down
+    ):
+        pass  # engine_killed asserts the 503, /readyz, and the recovery through the router

@@ -6,9 +6,7 @@ the server's request; a dead engine is 503 and readyz false, and the API recover
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import httpx
 import pytest
 import torch
 
-from benchmarks.server import Server, stock_engine, wait_ready
+from benchmarks.server import Server, stock_engine
 from service.bundle import load_bundle
 from service.core.prompt import PromptAssembler
 from service.engines.base import Sampling
@@ -27,8 +25,8 @@ from service.engines.vllm_remote import RemoteEngineConfig, RemoteVLLMEngine
 from service.engines.vllm_settings import ADAPTER
 from service.families import load_family
 from service.families.base import Medium
-from tests.conftest import AUTH, RunningServer, running_server
-from tests.media import picture, valid
+from tests.conftest import RunningServer, engine_killed, running_server
+from tests.media import valid
 from tests.oracle import Oracle, assert_served_chat_equals
 
 pytestmark = pytest.mark.e2e
@@ -156,16 +154,5 @@ def test_a_dead_engine_is_503_and_the_api_recovers_when_it_is_back(
     api: RunningServer, engine: Server, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Last in the module: it kills the module's engine."""
-    files = [("image", ("a.png", picture(9, (64, 64))))]
-    os.killpg(engine.proc.pid, signal.SIGKILL)
-    engine.proc.wait()
-    with httpx.Client(base_url=api.url, headers=AUTH, timeout=60) as client:
-        r = client.post("/chat", data={"message": "Still there?", "max_tokens": "4"}, files=files)
-        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_error", r.text
-        assert "inference engine" in r.json()["error"]["message"]
-        assert client.get("/readyz").status_code == 503
-        port = int(engine.url.rsplit(":", 1)[1])
-        with stock_engine(demo_bundle, tmp_path_factory.mktemp("engine-again"), port=port):
-            wait_ready(api.url, api.proc, api.log, timeout_s=120)  # readyz again, the API never restarted
-            r = client.post("/chat", data={"message": "Back?", "max_tokens": "4"}, files=files)
-            assert r.status_code == 200, r.text
+    with engine_killed(api, engine, demo_bundle, tmp_path_factory.mktemp("engine-again")):
+        pass  # engine_killed asserts the 503, /readyz, and the recovery
