@@ -1,0 +1,266 @@
+"""The web chat page in a real browser (Debian's chromium, driven by Playwright) against a live server:
+the real one with the demo bundle and auth on, and an in-process one with auth off (fakes at the
+engine and encoder seams). Every page runs with the network to anything but its server cut off, and
+a screenshot of each state goes to build/test-output/web/ (PANDASERVE_TEST_OUTPUT moves it)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import sentencepiece as spm
+import uvicorn
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+from benchmarks.server import free_port
+from service.api.app import create_app
+from service.settings import Settings
+from tests.conftest import API_KEY, AUTH, REPO
+from tests.fakes import ScriptedEngine, chat_service, resources
+from tests.media import picture
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright downloads no browser
+SHOTS = Path(os.environ.get("PANDASERVE_TEST_OUTPUT", REPO / "build" / "test-output")) / "web"
+IMAGE = picture(11, (320, 240))
+# What the page is set to send for these tests (its defaults are temperature 0, 64 tokens).
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+@contextmanager
+def opened(browser: Browser, base: str, shot_prefix: str) -> Iterator[Page]:
+    """A fresh page (its own sessionStorage) on `base`, nothing else reachable; after the test: no
+    request left for another host and the Content-Security-Policy refused nothing."""
+    context = browser.new_context()
+    elsewhere: list[str] = []
+    refused: list[str] = []
+    origin = urlsplit(base).netloc
+
+    def only_the_server(route: Route) -> None:
+        if urlsplit(route.request.url).netloc == origin:
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_server)
+    page = context.new_page()
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    page.set_default_timeout(120_000)  # a turn of the real engine on 2 shared cores
+    page.goto(base + "/")
+    try:
+        yield page
+    finally:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SHOTS / f"{shot_prefix}-last.png", full_page=True)
+        context.close()
+    assert elsewhere == [] and refused == []
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+
+
+def enter_key(page: Page, key: str = API_KEY) -> None:
+    expect(page.locator("#key-form")).to_be_visible()
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Use key").click()
+
+
+def attach(page: Page, name: str, data: bytes, mime: str = "image/png") -> None:
+    page.get_by_label("Attach files").set_input_files({"name": name, "mimeType": mime, "buffer": data})
+
+
+def set_sampling(page: Page, max_tokens: int = MAX_TOKENS) -> None:
+    page.locator("summary").click()
+    page.get_by_label("Max tokens").fill(str(max_tokens))
+
+
+def last_turn_done(page: Page) -> str:
+    turn = page.locator("#log .turn").last
+    expect(turn).to_have_attribute("data-state", "done")
+    return turn.locator(".text").text_content() or ""
+
+
+@pytest.fixture(scope="module")
+def api(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as c:
+        yield c
+
+
+# ---- the real server, auth on ------------------------------------------------------------------
+
+
+def test_a_streamed_reply_equals_chat_and_the_next_question_continues_the_session(
+    browser: Browser, server: str, api: httpx.Client
+) -> None:
+    with opened(browser, server, "chat") as page:
+        enter_key(page)
+        expect(page.get_by_label("Model")).not_to_have_text("loading…")
+        attach(page, "shapes.png", IMAGE)
+        expect(page.get_by_role("img", name="Preview of shapes.png")).to_be_visible()
+        expect(page.get_by_label("Kind of shapes.png")).to_have_value("image")
+        shot(page, "chat-1-attached")
+        set_sampling(page)
+        # Count the reply's growth as it happens: a streamed reply grows more than once.
+        page.evaluate(
+            """() => { window.growth = 0; new MutationObserver(() => window.growth++)
+                .observe(document.getElementById('log'), {childList: true, subtree: true, characterData: true}); }"""
+        )
+        page.get_by_label("Message").fill("What is in this image?")
+        page.get_by_role("button", name="Send").click()
+        reply = last_turn_done(page)
+        shot(page, "chat-2-replied")
+        assert page.evaluate("window.growth") > 2
+        assert page.evaluate("document.getElementById('upload').value") == 100  # the upload reported its end
+
+        # The same greedy request, not streamed, gives the same reply.
+        form = {"message": "What is in this image?", "temperature": "0", "max_tokens": str(MAX_TOKENS)}
+        same = api.post("/chat", data=form, files=[("image", ("shapes.png", IMAGE, "image/png"))])
+        assert same.status_code == 200, same.text
+        assert reply == same.json()["reply"] and reply
+
+        session = (page.locator("#session").text_content() or "").removeprefix("Session ")
+        assert session.startswith("sess_")
+        expect(page.locator("#attachments li")).to_have_count(0)  # the image is in the session now
+        page.get_by_label("Message").fill("And the colour?")
+        page.get_by_label("Message").press("Enter")
+        second = last_turn_done(page)
+        shot(page, "chat-3-second-turn")
+        turns = api.get(f"/sessions/{session}").json()["turns"]
+        assert [(t["message"], t["reply"]) for t in turns] == [
+            ("What is in this image?", reply),
+            ("And the colour?", second),
+        ]
+        assert turns[0]["media"][0]["modality"] == "image"
+
+        page.get_by_role("button", name="New session").click()
+        expect(page.locator("#session")).to_have_text("New session")
+        expect(page.locator("#log .turn")).to_have_count(0)
+
+
+def test_a_corrupt_file_shows_the_servers_message(browser: Browser, server: str, api: httpx.Client) -> None:
+    broken = picture(12, (300, 300))[:300]
+    said = api.post("/chat", data={"message": "What is it?"}, files=[("image", ("broken.png", broken, "image/png"))])
+    assert said.status_code == 422
+    error = said.json()["error"]
+    assert "broken.png" in error["message"]
+    with opened(browser, server, "corrupt") as page:
+        enter_key(page)
+        attach(page, "broken.png", broken)
+        page.get_by_label("Message").fill("What is it?")
+        page.get_by_role("button", name="Send").click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("422")
+        expect(alert).to_contain_text(error["message"])
+        expect(alert).to_contain_text(f"[field: {error['param']}]")
+        expect(page.locator("#log .turn").last).to_have_attribute("data-state", "failed")
+        shot(page, "corrupt-error")
+
+
+def test_the_key_is_asked_for_on_401_and_kept_for_the_tab_only(browser: Browser, server: str) -> None:
+    with opened(browser, server, "key") as page:
+        expect(page.get_by_role("alert")).to_contain_text("401")
+        shot(page, "key-1-asked")
+        enter_key(page, "not-a-key")
+        expect(page.get_by_role("alert")).to_contain_text("401")  # refused, asked again
+        expect(page.locator("#key-form")).to_be_visible()
+        enter_key(page)
+        expect(page.get_by_role("alert")).to_be_hidden()
+        expect(page.get_by_label("Model")).not_to_have_text("loading…")
+        shot(page, "key-2-accepted")
+        storage = page.evaluate("[{...sessionStorage}, {...localStorage}, document.cookie]")
+        assert storage == [{"pandaserve.apiKey": API_KEY}, {}, ""]
+
+
+def test_keyboard_alone_attaches_asks_and_sends(browser: Browser, server: str) -> None:
+    with opened(browser, server, "keyboard") as page:
+        expect(page.get_by_label("API key")).to_be_focused()  # the prompt takes the focus
+        page.keyboard.type(API_KEY)
+        page.keyboard.press("Enter")
+        expect(page.get_by_label("Model")).not_to_have_text("loading…")
+
+        def tab_to(selector: str) -> None:
+            for _ in range(20):
+                page.keyboard.press("Tab")
+                if page.evaluate(f"document.activeElement === document.querySelector('{selector}')"):
+                    return
+            raise AssertionError(f"Tab never reached {selector}")
+
+        page.locator("body").focus()
+        tab_to("#files")
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("Space")
+        chooser.value.set_files({"name": "shapes.png", "mimeType": "image/png", "buffer": IMAGE})
+        expect(page.locator("#attachments li")).to_have_count(1)
+        tab_to("#message")
+        page.keyboard.type("What is in this image?")
+        tab_to("#send")
+        shot(page, "keyboard-1-on-send")
+        page.keyboard.press("Enter")
+        assert last_turn_done(page)
+
+
+# ---- auth off, in-process with fakes at the two seams ------------------------------------------
+
+
+@contextmanager
+def serving(app: object) -> Iterator[str]:
+    """uvicorn in a thread of this process, on a free port."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def open_server(demo_bundle: Path) -> Iterator[str]:
+    """No API keys; two requests a minute, so the third is refused with Retry-After."""
+    sp = spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
+    chunks = [[t] for t in sp.encode("A red square.")] + [[sp.piece_to_id("<0x0A>")], [sp.piece_to_id("##")]]
+    app = create_app(Settings(), resources(chat_service(demo_bundle, ScriptedEngine(chunks)), keys=[], rpm=2))
+    with serving(app) as url:
+        yield url
+
+
+def test_with_auth_off_no_key_is_asked_and_a_429_says_when_to_retry(browser: Browser, open_server: str) -> None:
+    with opened(browser, open_server, "open") as page:
+        expect(page.get_by_label("Model")).to_have_text("demo")  # request 1 of the minute
+        expect(page.locator("#key-form")).to_be_hidden()
+        attach(page, "a.png", IMAGE)
+        page.get_by_label("Message").fill("What is it?")
+        page.get_by_role("button", name="Send").click()  # request 2
+        assert last_turn_done(page) == "A red square."
+        page.get_by_label("Message").fill("And again?")
+        page.get_by_role("button", name="Send").click()  # request 3: over the rate
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("Too many requests (429)")
+        expect(alert).to_contain_text("Try again in")
+        expect(page.locator("#key-form")).to_be_hidden()
+        shot(page, "open-429")
