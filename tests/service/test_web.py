@@ -5,11 +5,13 @@ a screenshot of each state goes to build/test-output/web/ (PANDASERVE_TEST_OUTPU
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,8 +25,8 @@ from benchmarks.server import free_port
 from service.api.app import create_app
 from service.settings import Settings
 from tests.conftest import API_KEY, AUTH, REPO
-from tests.fakes import ScriptedEngine, chat_service, resources
-from tests.media import picture
+from tests.fakes import FixedEncoder, ScriptedEngine, chat_service, resources
+from tests.media import depth_png16, imu_npy, picture, video, wav
 
 pytestmark = pytest.mark.e2e
 
@@ -161,7 +163,7 @@ def test_a_corrupt_file_shows_the_servers_message(browser: Browser, server: str,
     said = api.post("/chat", data={"message": "What is it?"}, files=[("image", ("broken.png", broken, "image/png"))])
     assert said.status_code == 422
     error = said.json()["error"]
-    assert "broken.png" in error["message"]
+    assert error["message"].startswith("image[0]: ")  # the field, and the file's place in it
     with opened(browser, server, "corrupt") as page:
         enter_key(page)
         attach(page, "broken.png", broken)
@@ -239,28 +241,75 @@ def serving(app: object) -> Iterator[str]:
         thread.join(timeout=30)
 
 
+@dataclass
+class OpenServer:
+    url: str
+    encoder: FixedEncoder  # what the page's files arrived as
+
+
 @pytest.fixture(scope="module")
-def open_server(demo_bundle: Path) -> Iterator[str]:
+def open_server(demo_bundle: Path) -> Iterator[OpenServer]:
     """No API keys; two requests a minute, so the third is refused with Retry-After."""
     sp = spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
     chunks = [[t] for t in sp.encode("A red square.")] + [[sp.piece_to_id("<0x0A>")], [sp.piece_to_id("##")]]
-    app = create_app(Settings(), resources(chat_service(demo_bundle, ScriptedEngine(chunks)), keys=[], rpm=2))
+    chat = chat_service(demo_bundle, ScriptedEngine(chunks))
+    app = create_app(Settings(), resources(chat, keys=[], rpm=2))
     with serving(app) as url:
-        yield url
+        yield OpenServer(url, chat.encoder)  # type: ignore[arg-type]
 
 
-def test_with_auth_off_no_key_is_asked_and_a_429_says_when_to_retry(browser: Browser, open_server: str) -> None:
-    with opened(browser, open_server, "open") as page:
+def drop(page: Page, files: list[tuple[str, str, bytes]]) -> None:
+    """Drop files on the page's drop zone, as a drag from the desktop would."""
+    page.evaluate(
+        """(files) => {
+            const dt = new DataTransfer();
+            for (const [name, type, b64] of files) {
+                dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, {type}));
+            }
+            const drop = new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true});
+            document.getElementById("drop").dispatchEvent(drop);
+        }""",
+        [[name, mime, base64.b64encode(data).decode()] for name, mime, data in files],
+    )
+
+
+SIX = [
+    ("photo.png", "image/png", IMAGE, "image"),
+    ("clip.mp4", "video/mp4", video(3, 1.0), "video"),
+    ("sound.wav", "audio/wav", wav(3, 1.0), "audio"),
+    ("room-depth.png", "image/png", depth_png16(3), "depth"),
+    ("hand-thermal.png", "image/png", picture(3, (64, 64), mode="L"), "thermal"),
+    ("walk.npy", "", imu_npy(3), "imu"),
+]
+
+
+def test_with_auth_off_dropped_files_of_six_kinds_are_sent_and_a_429_says_when_to_retry(
+    browser: Browser, open_server: OpenServer
+) -> None:
+    with opened(browser, open_server.url, "open") as page:
         expect(page.get_by_label("Model")).to_have_text("demo")  # request 1 of the minute
         expect(page.locator("#key-form")).to_be_hidden()
-        attach(page, "a.png", IMAGE)
+        drop(page, [(name, mime, data) for name, mime, data, _ in SIX])
+        for name, _, _, kind in SIX:
+            expect(page.get_by_label(f"Kind of {name}")).to_have_value(kind)
+        expect(page.get_by_role("img", name="Preview of photo.png")).to_be_visible()
+        expect(page.locator('video[aria-label="Preview of clip.mp4"]')).to_be_visible()
+        expect(page.locator('audio[aria-label="Player for sound.wav"]')).to_have_attribute("controls", "")
+        page.get_by_role("button", name="Remove photo.png").click()
+        attach(page, "photo.jpg", IMAGE)  # picked again: it goes to the end
+        shot(page, "open-1-six-kinds")
         page.get_by_label("Message").fill("What is it?")
         page.get_by_role("button", name="Send").click()  # request 2
         assert last_turn_done(page) == "A red square."
+        sent = [(m.modality, m.data) for m in open_server.encoder.encoded]
+        # In the core's order (image, audio, video, thermal, depth, IMU), each file's bytes as dropped.
+        by_kind = {kind: data for _, _, data, kind in SIX}
+        assert sent == [(k, by_kind[k]) for k in ("image", "audio", "video", "thermal", "depth", "imu")]
+
         page.get_by_label("Message").fill("And again?")
         page.get_by_role("button", name="Send").click()  # request 3: over the rate
         alert = page.get_by_role("alert")
         expect(alert).to_contain_text("Too many requests (429)")
         expect(alert).to_contain_text("Try again in")
         expect(page.locator("#key-form")).to_be_hidden()
-        shot(page, "open-429")
+        shot(page, "open-2-429")

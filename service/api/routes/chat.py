@@ -76,7 +76,7 @@ async def chat(
     media: MediaUploads,
     message: Annotated[str, Form(description="The user's text for this turn")],
     session_id: Annotated[SessionId | None, Form(description="Continue this session; omit to start one")] = None,
-    model: Annotated[str | None, Form(description="The model to answer (GET /v1/models); omit for the served one")] = None,
+    model: Annotated[str | None, Form(description="One of GET /v1/models; omit for the served one")] = None,
     max_tokens: Annotated[MaxTokens | None, Form()] = None,
     temperature: Annotated[Temperature | None, Form()] = None,
     top_p: Annotated[TopP | None, Form()] = None,
