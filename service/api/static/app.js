@@ -176,16 +176,20 @@ $("files").addEventListener("change", () => {
   $("files").value = ""; // the same file may be picked again
 });
 
+// Files dropped anywhere on the page are attached: a drop that missed the zone would otherwise make
+// the browser open the file in place of the page, and the conversation would be lost.
 const drop = $("drop");
-drop.addEventListener("dragover", (event) => {
+document.addEventListener("dragover", (event) => {
   event.preventDefault(); // allows the drop
   drop.classList.add("dragging");
 });
-drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
-drop.addEventListener("drop", (event) => {
+document.addEventListener("dragleave", (event) => {
+  if (!event.relatedTarget) drop.classList.remove("dragging"); // left the window, not one element
+});
+document.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("dragging");
-  addFiles(event.dataTransfer.files);
+  if (event.dataTransfer && event.dataTransfer.files.length) addFiles(event.dataTransfer.files);
 });
 
 // ---- the conversation -----------------------------------------------------------------------
