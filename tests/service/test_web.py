@@ -34,6 +34,9 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright downloads no browser
 SHOTS = Path(os.environ.get("PANDASERVE_TEST_OUTPUT", REPO / "build" / "test-output")) / "web"
 IMAGE = picture(11, (320, 240))
+# A turn of the real engine on 2 shared cores may take a while: every wait, assertions' included.
+TIMEOUT_MS = 120_000
+expect.set_options(timeout=TIMEOUT_MS)
 # What the page is set to send for these tests (its defaults are temperature 0, 64 tokens).
 MAX_TOKENS = 12
 
@@ -68,7 +71,7 @@ def opened(browser: Browser, base: str, shot_prefix: str, key: str | None = None
     context.route("**/*", only_the_server)
     page = context.new_page()
     page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
-    page.set_default_timeout(120_000)  # a turn of the real engine on 2 shared cores
+    page.set_default_timeout(TIMEOUT_MS)
     page.goto(base + "/")
     try:
         yield page
@@ -251,11 +254,11 @@ class OpenServer:
 
 @pytest.fixture(scope="module")
 def open_server(demo_bundle: Path) -> Iterator[OpenServer]:
-    """No API keys; two requests a minute, so the third is refused with Retry-After."""
+    """No API keys; two requests a minute, so the third is refused with Retry-After; 1 MiB bodies."""
     sp = spm.SentencePieceProcessor(model_file=str(demo_bundle / "llm" / "tokenizer.model"))
     chunks = [[t] for t in sp.encode("A red square.")] + [[sp.piece_to_id("<0x0A>")], [sp.piece_to_id("##")]]
     chat = chat_service(demo_bundle, ScriptedEngine(chunks))
-    app = create_app(Settings(), resources(chat, keys=[], rpm=2))
+    app = create_app(Settings(max_body_bytes=2**20), resources(chat, keys=[], rpm=2))
     with serving(app) as url:
         yield OpenServer(url, chat.encoder)  # type: ignore[arg-type]
 
@@ -308,10 +311,18 @@ def test_with_auth_off_dropped_files_of_six_kinds_are_sent_and_a_429_says_when_t
         by_kind = {kind: data for _, _, data, kind in SIX}
         assert sent == [(k, by_kind[k]) for k in ("image", "audio", "video", "thermal", "depth", "imu")]
 
+        # Over the body cap: refused from its Content-Length, before the rate limit counts it.
+        attach(page, "huge.png", IMAGE + bytes(2**21))
+        page.get_by_label("Message").fill("And this?")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("alert")).to_contain_text("Too large (413): the request body is larger than")
+        shot(page, "open-2-413")
+        page.get_by_role("button", name="Remove huge.png").click()
+
         page.get_by_label("Message").fill("And again?")
         page.get_by_role("button", name="Send").click()  # request 3: over the rate
         alert = page.get_by_role("alert")
         expect(alert).to_contain_text("Too many requests (429)")
         expect(alert).to_contain_text("Try again in")
         expect(page.locator("#key-form")).to_be_hidden()
-        shot(page, "open-2-429")
+        shot(page, "open-3-429")
