@@ -24,12 +24,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks import report
-from benchmarks.load import HttpTarget, Run, closed_loop, poisson
+from benchmarks.load import HttpTarget, Run, closed_loop, poisson, service_client
 from benchmarks.metrics import parse_slos, summarize
-from benchmarks.server import BENCH_ENV, REPO, RssSampler, cpu_split, machine_busy_seconds, redis_if_up, serve
+from benchmarks.server import REPO, RssSampler, cpu_split, machine_busy_seconds, redis_if_up, serve
 from benchmarks.workload import DEFAULT_WORKLOAD, Conversation, Workload, single
 
 RESULTS = Path(__file__).with_name("results")
@@ -163,8 +161,7 @@ class Bench:
         self.runs["service"] = service
         top = max(args.concurrency)
         service["ratio_concurrency"] = top
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        async with service_client(url, headers) as client:
             target = HttpTarget(client)
 
             def measured(name: str, runner: Coroutine[Any, Any, Run]) -> Coroutine[Any, Any, dict[str, Any]]:
@@ -310,20 +307,10 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         step()
         timings[name] = time.perf_counter() - t
-    env["sessions"] = bench.sessions
     values = report.ratios(bench.runs)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"server_env": BENCH_ENV}
-    result = {
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "duration_s": time.perf_counter() - started,
-        "step_durations_s": timings,
-        "environment": env,
-        "config": config,
-        "workload": json.loads(args.workload.read_text()),
-        "runs": bench.runs,
-        "ratios": values,
-        "targets": report.target_check(values),
-    }
+    result = report.document(
+        bench, started, env, step_durations_s=timings, ratios=values, targets=report.target_check(values)
+    )
     path = report.write(args.out, result)
     bench.write_records()
     pngs = report.plots(args.out, bench.runs)

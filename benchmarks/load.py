@@ -1,7 +1,8 @@
 """The load generator: conversations against a target, closed-loop or with Poisson arrivals.
 
 A target is anything that runs one conversation and returns one `RequestRecord` per turn:
-`HttpTarget` (POST /chat over real HTTP, SSE-streamed) or the direct engine (benchmarks.direct).
+`HttpTarget` (POST /chat over real HTTP, SSE-streamed, through service.client) or the direct engine
+(benchmarks.direct).
 The runners only schedule, as vLLM's `bench serve` does:
 
 - closed loop: `concurrency` users, each starting its next conversation as soon as its last one
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -25,6 +25,7 @@ import httpx
 
 from benchmarks.metrics import RequestRecord
 from benchmarks.workload import Conversation, Turn
+from service.client import NO_RETRY, AsyncClient, Attachment, PandaServeError
 
 ConversationRunner = Callable[[Conversation, float], Coroutine[Any, Any, list[RequestRecord]]]
 
@@ -68,10 +69,18 @@ async def poisson(run: ConversationRunner, conversations: list[Conversation], ra
     return Run([r for records in done for r in records], time.perf_counter() - t0)
 
 
-class HttpTarget:
-    """POST /chat with stream=true: TTFT and inter-token gaps are timed on the SSE events as they arrive."""
+def service_client(url: str, headers: dict[str, str]) -> AsyncClient:
+    """The client the benchmarks load the service with: no retries (a refusal is a measured failure,
+    not a wait hidden in a request's latency), no connection cap, a timeout no turn reaches."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return AsyncClient(url, headers=headers, timeout=600, retry=NO_RETRY, limits=limits)
 
-    def __init__(self, client: httpx.AsyncClient, temperature: float = 0.0) -> None:
+
+class HttpTarget:
+    """POST /chat with stream=true, through the service's client (`service_client`): TTFT and
+    inter-token gaps are timed on the delta events as the client hands them over, as they arrive."""
+
+    def __init__(self, client: AsyncClient, temperature: float = 0.0) -> None:
         self.client = client
         self.temperature = temperature  # 0: greedy, as the original path and the direct engine
 
@@ -88,54 +97,41 @@ class HttpTarget:
     async def turn(
         self, kind: str, index: int, turn: Turn, session_id: str | None, t0: float
     ) -> tuple[RequestRecord, str | None]:
-        form = {"message": turn.message, "max_tokens": str(turn.max_tokens), "stream": "true"}
-        form["temperature"] = str(self.temperature)
-        if session_id:
-            form["session_id"] = session_id
-        files = [(m.modality, (f"{m.modality}{k}", m.data)) for k, m in enumerate(turn.media)]
+        files = [Attachment(f"{m.modality}{k}", m.data, m.modality) for k, m in enumerate(turn.media)]
         started = time.perf_counter()
         record = RequestRecord(kind=kind, turn=index, start=started - t0)
-        try:
-            async with self.client.stream("POST", "/chat", data=form, files=files) as response:
-                if response.status_code != 200:
-                    body = (await response.aread()).decode(errors="replace")
-                    record.error = f"HTTP {response.status_code}: {body[:300]}"
-                    return record, session_id
-                session_id = await self._read_events(response, record, started)
-        except httpx.HTTPError as exc:
-            record.error = f"{type(exc).__name__}: {exc}"
-        return record, session_id
-
-    @staticmethod
-    async def _read_events(response: httpx.Response, record: RequestRecord, started: float) -> str | None:
-        """Consume the SSE stream into `record`; the session id from the `done` event."""
         last: float | None = None
-        event, data = "message", ""
-        async for line in response.aiter_lines():
-            if line.startswith("event:"):
-                event = line.removeprefix("event:").strip()
-            elif line.startswith("data:"):
-                data += line.removeprefix("data:").strip()
-            elif line == "" and data:  # a blank line ends an event
-                now = time.perf_counter()
-                body = json.loads(data)
-                if event == "delta":
+        try:
+            stream = await self.client.chat(
+                turn.message,
+                files,
+                session=session_id,
+                stream=True,
+                max_tokens=turn.max_tokens,
+                temperature=self.temperature,
+            )
+            async with stream:
+                async for _ in stream:
+                    now = time.perf_counter()
                     if last is None:
                         record.ttft = now - started
                     else:
                         record.itl.append(now - last)
                     last = now
-                elif event == "done":
-                    record.e2el = now - started
-                    if last is None:  # no text before `done` (an immediate stop): first content is now
-                        record.ttft = record.e2el
-                    record.output_tokens = body["usage"]["completion_tokens"]
-                    record.prompt_tokens = body["usage"]["prompt_tokens"]
-                    record.ok = True
-                    return str(body["session_id"])
-                elif event == "error":
-                    record.error = f"stream error: {body.get('error', body)}"
-                    return None
-                event, data = "message", ""
-        record.error = "the stream ended without a done event"
-        return None
+                reply = await stream.reply()
+        except PandaServeError as exc:
+            if exc.status is not None:  # refused before the stream: the session is as it was
+                record.error = f"HTTP {exc.status}: {exc.message}"
+                return record, session_id
+            if exc.type in ("connection_error", "timeout_error"):
+                record.error = f"{exc.type}: {exc.message}"
+                return record, session_id
+            record.error = f"stream error: {exc.message}"  # an error event, or a stream cut short
+            return record, None
+        record.e2el = time.perf_counter() - started
+        if last is None:  # no text before `done` (an immediate stop): first content is now
+            record.ttft = record.e2el
+        record.output_tokens = reply.usage.completion_tokens
+        record.prompt_tokens = reply.usage.prompt_tokens
+        record.ok = True
+        return record, reply.session_id

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.server import REPO
+from benchmarks.server import BENCH_ENV, REPO
 
 # The issue's targets, reported beside the ratios (never asserted: a CPU box shared with other
 # work measures what it measures).
@@ -106,6 +108,24 @@ def environment(bundle: Path) -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "load_average_at_start": os.getloadavg(),
+    }
+
+
+def document(bench: Any, started: float, env: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """report.json's content: what every run's report holds (when, how long, on what machine - `env`,
+    read as the run started - with which settings and workload, the runs' figures), then `fields`,
+    the run's own."""
+    args = bench.args
+    env = env | {"sessions": bench.sessions}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"server_env": BENCH_ENV}
+    return {
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "duration_s": time.perf_counter() - started,
+        "environment": env,
+        "config": config,
+        "workload": json.loads(args.workload.read_text()),
+        "runs": bench.runs,
+        **fields,
     }
 
 

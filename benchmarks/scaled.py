@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.load import HttpTarget, Run, closed_loop
+from benchmarks.load import HttpTarget, Run, closed_loop, service_client
 from benchmarks.metrics import RequestRecord
 from benchmarks.server import (
     children,
@@ -136,8 +136,7 @@ class ScaledBench:
         engine_url: str | None = None,
         parts: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        async with service_client(url, headers) as client:
             target = HttpTarget(client)
             warm_up = self.bench.workload.conversations(10_000, 8, self.bench.nonce())  # untimed first-call costs
             await closed_loop(target.conversation, warm_up, 4)
@@ -263,33 +262,25 @@ def conversations_turns(conversations: list[Conversation]) -> int:
 
 def main_scaled(bench: Any) -> Path:
     """Run, then write report.json (and records.jsonl) in --out."""
-    import datetime as dt
     import json
 
     from benchmarks import report
-    from benchmarks.server import BENCH_ENV
 
-    args = bench.args
-    env = report.environment(args.bundle)
+    env = report.environment(bench.args.bundle)
     started = time.perf_counter()
     scaled = ScaledBench(bench)
     scaled.run()
-    env["sessions"] = bench.sessions
     values = scaled.out["figures"]
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"server_env": BENCH_ENV}
-    result = {
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "duration_s": time.perf_counter() - started,
-        "environment": env,
-        "config": config,
-        "workload": json.loads(args.workload.read_text()),
-        "conversations": len(scaled.conversations),
-        "turns": conversations_turns(scaled.conversations),
-        "runs": bench.runs,
-        "figures": values,
-        "targets": target_check(values),
-    }
-    path = report.write(args.out, result)
+    result = report.document(
+        bench,
+        started,
+        env,
+        conversations=len(scaled.conversations),
+        turns=conversations_turns(scaled.conversations),
+        figures=values,
+        targets=target_check(values),
+    )
+    path = report.write(bench.args.out, result)
     bench.write_records()
     print(table(scaled.out))
     print(json.dumps({"figures": values}, indent=2))

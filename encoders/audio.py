@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -39,6 +41,8 @@ SAMPLE_BUDGET_PER_SECOND = 192_000
 # Coprime rates (e.g. 44101 Hz -> 16 kHz) make the resampling kernel (new, 2 * width + orig)
 # enormous; torchaudio would try to allocate it. No real-world rate comes near this bound.
 MAX_KERNEL_ELEMENTS = 1 << 22
+# Where the clips lie in a file of this many seconds: (start, end) pairs.
+ClipSampler = Callable[[float], list[tuple[Fraction, Fraction]]]
 # The demuxer each sniffed container type is opened with, so FFmpeg never probes other formats.
 PYAV_DEMUXERS = {"MP3": "mp3", "MP4": "mov", "WebM": "matroska"}
 
@@ -220,15 +224,21 @@ def waveform2melspec(clip: torch.Tensor, weights: torch.Tensor | None = None) ->
     return mel.unsqueeze(0)
 
 
-def preprocess_audio(waveform: torch.Tensor, weights: torch.Tensor | None = None) -> np.ndarray:
-    """16 kHz float32 (channels, N), N >= 400 -> float32 (3, 1, 128, 204). The input is not modified.
-    `weights`: see `waveform2melspec`."""
+def imagebind_clips(duration: float) -> list[tuple[Fraction, Fraction]]:
+    return clip_timepoints(duration, CLIPS_PER_VIDEO)
+
+
+def preprocess_audio(
+    waveform: torch.Tensor, weights: torch.Tensor | None = None, clips: ClipSampler = imagebind_clips
+) -> np.ndarray:
+    """16 kHz float32 (channels, N), N >= 400 -> float32 (clips, 1, 128, 204) at the windows `clips`
+    places (ImageBind's 3 by default). The input is not modified. `weights`: see `waveform2melspec`."""
     if waveform.dim() != 2 or waveform.size(1) < WINDOW_SIZE:
         raise ValueError(f"expected (channels, N >= {WINDOW_SIZE}) audio, got {tuple(waveform.shape)}")
     # A private copy keeps the caller's tensor intact; the clips below must still share it.
     waveform = waveform.to(torch.float32, copy=True)
     mels = []
-    for start, end in clip_timepoints(waveform.size(1) / SAMPLE_RATE, CLIPS_PER_VIDEO):
+    for start, end in clips(waveform.size(1) / SAMPLE_RATE):
         clip = waveform[:, int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
         mels.append(waveform2melspec(clip, weights))
     # torchvision's Normalize: float32 mean and std tensors, subtract then divide.
@@ -237,9 +247,9 @@ def preprocess_audio(waveform: torch.Tensor, weights: torch.Tensor | None = None
     return torch.stack([(mel - mean) / std for mel in mels]).numpy()
 
 
-def load_audio(data: bytes, field: str, limits: MediaLimits) -> np.ndarray:
+def load_audio(data: bytes, field: str, limits: MediaLimits, clips: ClipSampler = imagebind_clips) -> np.ndarray:
     waveform, weights = decode_audio(data, field, limits)
     if waveform.size(1) < WINDOW_SIZE:
         got = waveform.size(1)
         raise InvalidMedia(field, f"audio is too short: {got} samples at 16 kHz, at least {WINDOW_SIZE} (25 ms) needed")
-    return preprocess_audio(waveform, weights)
+    return preprocess_audio(waveform, weights, clips)

@@ -193,15 +193,21 @@ def _sequential_decode(data: bytes, wanted: list[int], budget: FrameBudget) -> d
     return found
 
 
+def rgb24(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
 def sample_frames(
     data: bytes,
     field: str,
     limits: MediaLimits,
     pick: Callable[[int, float], list[int]] = sampled_indices,
     budget: FrameBudget | None = None,
+    to_array: Callable[[av.VideoFrame], np.ndarray] = rgb24,
 ) -> list[np.ndarray]:
-    """RGB uint8 (H, W, 3) frames at the indices `pick(num_frames, fps)` chooses, in that order.
-    `budget` (default: `limits.max_video_frames_per_sample`) counts the frames decoded."""
+    """The frames at the indices `pick(num_frames, fps)` chooses, in that order, as `to_array` makes
+    them (default: RGB uint8 (H, W, 3)). `budget` (default: `limits.max_video_frames_per_sample`)
+    counts the frames decoded."""
     budget = budget or FrameBudget(field, limits.max_video_frames_per_sample)
     if not data:
         raise InvalidMedia(field, "the file is empty")
@@ -275,7 +281,7 @@ def sample_frames(
             frames = [by_index[i] for i in indices]
         for frame in frames:
             _check_frame_size(frame.width, frame.height, field, limits)
-        return [frame.to_ndarray(format="rgb24") for frame in frames]
+        return [to_array(frame) for frame in frames]
     except _DECODE_ERRORS as exc:
         raise InvalidMedia(field, f"the {fmt} video is truncated or corrupt ({exc})") from exc
 

@@ -98,8 +98,11 @@ def encoders_serve(args: argparse.Namespace) -> None:
 
 
 def add_commands(commands: Any) -> None:
-    """`serve`, `embed` and `engine`, on the `pandaserve` parser's subcommands."""
-    from encoders.modalities import MODALITIES
+    """`serve`, `embed`, `encoders`, `engine` and `chat`, on the `pandaserve` parser's subcommands."""
+    # The six field names from the client, not encoders.modalities: that imports torch, which would cost
+    # every command (`pandaserve chat` included) seconds before it parses its arguments.
+    from service.client.cli import add_command as add_chat_command
+    from service.client.files import MODALITIES
 
     s = commands.add_parser("serve", help="serve a model bundle over HTTP")
     s.add_argument("--bundle", type=Path, help="bundle directory (or PANDASERVE_BUNDLE)")
@@ -143,3 +146,5 @@ def add_commands(commands: Any) -> None:
     r.add_argument("--port", type=int, default=8002)
     r.add_argument("--metrics-port", type=int, default=29000, help="the router's Prometheus metrics")
     r.set_defaults(run=router_command)
+
+    add_chat_command(commands)  # the client side: service/client/cli.py

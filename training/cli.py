@@ -18,8 +18,7 @@ def bundle_demo(args: argparse.Namespace) -> None:
     if args.random:
         build_demo_bundle(args.dir, seed=args.seed)
     else:
-        print("training the demo bundle: vision, text, align (a few minutes on 2 cores)", flush=True)
-        build_seeing_bundle(args.dir, seed=args.seed)
+        build_seeing_bundle(args.dir, seed=args.seed)  # it says what it does, stage by stage
     print(f"demo bundle written to {args.dir}")
 
 

@@ -16,6 +16,7 @@ Usage: pandaserve bundle demo DIR   (pandaserve bundle demo DIR --random: the un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Any
 from training import lm_pretrain, synthetic
 from training.demo_bundle import quiet_progress_bars, write_parts
 from training.export import export_checkpoint
+from training.progress import Progress, duration
 from training.staging import staged_dir
 
 # Stage "align" (nanoGPT style: edit here). 10 epochs of 4,800 images at 16 per step = 3,000 optimizer
@@ -38,25 +40,65 @@ from training.staging import staged_dir
 # The lr is higher than the original's 5e-4 for 13B: this model has 2.6M parameters.
 ALIGN_IMAGES = 4800
 ALIGN_SEED = 300  # a split of training/synthetic.py apart from the text stage's and the held-out tests'
-ALIGN_FLAGS = ["--batch-size", "16", "--micro-batch-size", "16", "--epochs", "10", "--lr", "2e-3"]
+ALIGN_BATCH, ALIGN_EPOCHS = 16, 10
+ALIGN_STEPS = ALIGN_IMAGES * ALIGN_EPOCHS // ALIGN_BATCH
+ALIGN_FLAGS = ["--batch-size", str(ALIGN_BATCH), "--micro-batch-size", str(ALIGN_BATCH), "--epochs", str(ALIGN_EPOCHS)]
+ALIGN_FLAGS += ["--lr", "2e-3"]
 ALIGN_FLAGS += ["--max-tgt-len", "400", "--precision", "fp32", "--save-every", "100000", "--no-progress"]
 REPORT = "demo.json"
 REPO = Path(__file__).resolve().parents[1]
 
 
+# About what each stage takes on 2 quiet CPU cores (demo.json records `vision_s`, `text.s`, `align.s`), for the
+# estimate the build starts with.
+MEASURED_S = {"vision": 20, "text": 90, "align": 600}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def build_seeing_bundle(out: Path, seed: int = 0) -> dict[str, Any]:
     """Write the trained demo bundle to `out` (atomically); returns demo.json's content."""
     report: dict[str, Any] = {"seed": seed}
+    say(
+        f"Building the demo bundle in 3 stages: about {duration(sum(MEASURED_S.values()))} on 2 CPU cores "
+        "(the weights are made here, nothing is downloaded)."
+    )
     with staged_dir(Path(out)) as root, quiet_progress_bars(), tempfile.TemporaryDirectory() as work:
+        say(
+            f"[1/3] vision: the tiny ImageBind and LLM, the vision trunk set to colour and edge features "
+            f"(~{duration(MEASURED_S['vision'])})"
+        )
         started = time.monotonic()
         write_parts(root, seed, seeing_vision=True)
         report["vision_s"] = round(time.monotonic() - started, 1)
+        say(f"        done in {duration(report['vision_s'])}")
+        say(f"[2/3] text: the tiny LLaMA learns the conversations' words and turns (~{duration(MEASURED_S['text'])})")
         started = time.monotonic()
         report["text"] = {**lm_pretrain.pretrain(root, seed), "s": round(time.monotonic() - started, 1)}
+        say(
+            f"[3/3] align: PandaGPT's stage with DeepSpeed, projector + LoRA on {ALIGN_IMAGES:,} pictures "
+            f"(~{duration(MEASURED_S['align'])}; the pictures are encoded first)"
+        )
         started = time.monotonic()
         report["align"] = {**align(root, Path(work), seed), "s": round(time.monotonic() - started, 1)}
         (root / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def follow(proc: subprocess.Popen[bytes], metrics: Path, progress: Progress) -> None:
+    """Until `proc` ends: the steps train.py has logged to metrics.jsonl (one line per step), and the last loss."""
+    steps, loss = 0, None
+    while proc.poll() is None:
+        time.sleep(1)
+        if metrics.exists():
+            lines = metrics.read_text().splitlines()
+            with contextlib.suppress(ValueError, IndexError):  # a line half written
+                steps, loss = len(lines), json.loads(lines[-1])["loss"]
+        progress.update(steps, **({"loss": loss} if loss is not None else {}))
+    if proc.returncode == 0:
+        progress.close(**({"loss": loss} if loss is not None else {}))
 
 
 def align(root: Path, work: Path, seed: int) -> dict[str, Any]:
@@ -67,9 +109,12 @@ def align(root: Path, work: Path, seed: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "training.train", "--data", str(data), "--image-root", str(data.parent / "images")]
     cmd += ["--base", str(root), "--out", str(run), "--seed", str(seed), *ALIGN_FLAGS]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(cmd, cwd=REPO, env=env | {"DS_ACCELERATOR": "cpu"}, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage align failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    with (work / "train.log").open("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env | {"DS_ACCELERATOR": "cpu"}, stdout=log, stderr=log)
+        follow(proc, run / "metrics.jsonl", Progress("align", ALIGN_STEPS))
+        if proc.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"stage align failed:\n{log.read()[-6000:]}")
     exported = work / "export"
     export_checkpoint(run, exported)
     shutil.rmtree(root / "lora")

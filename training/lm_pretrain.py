@@ -26,6 +26,7 @@ from service.bundle import load_bundle
 from service.families.pandagpt import prefix_ids
 from training import sequences, synthetic
 from training.data import Turn
+from training.progress import Progress
 from training.sequences import IGNORE
 
 # Config (nanoGPT style: edit here). Sized for a few minutes on 2 CPU cores.
@@ -120,6 +121,7 @@ def pretrain(bundle_dir: Path, seed: int = 0) -> dict[str, float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(seed)
     started = time.monotonic()
+    progress = Progress("text", STEPS)
     for step in range(STEPS):
         # Linear warm-up, cosine decay to 10%: the usual recipe, short.
         lr = LR * min(1.0, (step + 1) / WARMUP) * (0.55 + 0.45 * math.cos(math.pi * step / STEPS))
@@ -133,8 +135,8 @@ def pretrain(bundle_dir: Path, seed: int = 0) -> dict[str, float]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step % 25 == 0 or step == STEPS - 1:
-            print(f"step {step} loss {loss.item():.3f} ({time.monotonic() - started:.0f} s)", flush=True)
+        progress.update(step + 1, loss=loss.item())
+    progress.close(loss=loss.item())
     model.eval()
     result = {"held_out_answer_loss": answer_loss(model, held_out, pad_id), "train_s": time.monotonic() - started}
     model.save_pretrained(str(bundle.llm_dir), safe_serialization=True)

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import torch
 
+from service.client.sse import aiter_events
 from service.engines.base import Delta, Sampling, TokenLogprob
 from service.errors import BadRequest, EngineFailed
 
@@ -194,16 +195,13 @@ class RemoteVLLMEngine:
 
 
 async def _events(response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
-    """The JSON chunks of an OpenAI-style SSE stream, up to `[DONE]`."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data: "):
-            continue
-        data = line.removeprefix("data: ")
-        if data == "[DONE]":
+    """The JSON chunks of an OpenAI-style SSE stream, up to `[DONE]` (parsed by the repo's one SSE parser)."""
+    async for event in aiter_events(response.aiter_lines()):
+        if event.data == "[DONE]":
             return
-        chunk = json.loads(data)
+        chunk = json.loads(event.data)
         if "error" in chunk:
-            raise EngineFailed(f"the inference engine failed mid-stream: {_message(data.encode())}")
+            raise EngineFailed(f"the inference engine failed mid-stream: {_message(event.data.encode())}")
         yield chunk
 
 

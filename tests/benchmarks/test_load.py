@@ -13,6 +13,7 @@ import pytest
 from benchmarks.load import HttpTarget, closed_loop, poisson
 from benchmarks.metrics import RequestRecord
 from benchmarks.workload import Conversation, Media, Turn, Workload, single
+from service.client import NO_RETRY, AsyncClient
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +36,8 @@ def chat_server(seen: list[dict[str, str]]) -> httpx.MockTransport:
         if fields["session_id"] == "gone":
             return httpx.Response(409, json={"error": {"type": "conflict", "message": "busy", "param": None}})
         events = [sse("delta", {"text": t}) for t in ("a", "b", "c")]
-        events.append(sse("done", {"session_id": "sess_1", "usage": {"prompt_tokens": 21, "completion_tokens": 4}}))
+        usage = {"prompt_tokens": 21, "completion_tokens": 4}
+        events.append(sse("done", {"session_id": "sess_1", "reply": "abc", "finish_reason": "length", "usage": usage}))
         return httpx.Response(200, text="".join(events), headers={"content-type": "text/event-stream"})
 
     return httpx.MockTransport(handle)
@@ -48,7 +50,7 @@ def conversation(turns: int) -> Conversation:
 
 async def test_sse_stream_becomes_a_record_and_the_session_carries_on() -> None:
     seen: list[dict[str, str]] = []
-    async with httpx.AsyncClient(transport=chat_server(seen), base_url="http://bench") as client:
+    async with AsyncClient("http://bench", transport=chat_server(seen), retry=NO_RETRY) as client:
         records = await HttpTarget(client).conversation(conversation(2), t0=0.0)
     assert [r.ok for r in records] == [True, True]
     first = records[0]
@@ -63,12 +65,12 @@ async def test_http_errors_and_error_events_are_failed_records() -> None:
         text = sse("delta", {"text": "a"}) + sse("error", {"error": {"type": "internal", "message": "engine died"}})
         return httpx.Response(200, text=text)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(error_event), base_url="http://bench") as client:
+    async with AsyncClient("http://bench", transport=httpx.MockTransport(error_event), retry=NO_RETRY) as client:
         record, session = await HttpTarget(client).turn("image", 0, conversation(1).turns[0], None, 0.0)
     assert (record.ok, session) == (False, None)
     assert record.error is not None and "engine died" in record.error
 
-    async with httpx.AsyncClient(transport=chat_server([]), base_url="http://bench") as client:
+    async with AsyncClient("http://bench", transport=chat_server([]), retry=NO_RETRY) as client:
         record, _ = await HttpTarget(client).turn("image", 1, conversation(2).turns[1], "gone", 0.0)
     assert not record.ok and record.error is not None and record.error.startswith("HTTP 409")
 

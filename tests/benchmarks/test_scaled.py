@@ -1,10 +1,16 @@
 """The scaled benchmark's arithmetic on hand-made values: the engine's counters read from its
-Prometheus text, TTFT by turn, and the figures of one report; nothing is started or timed."""
+Prometheus text, TTFT by turn, the figures of one report and what a report holds; nothing is
+started or timed."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+from benchmarks import report
 from benchmarks.metrics import RequestRecord
 from benchmarks.scaled import figures, parse_counters, target_check, ttft_by_turn
 
@@ -84,3 +90,16 @@ def test_the_figures_of_one_report() -> None:
     assert checked["scaled_vs_stock_output_tps"]["met"] is False  # 0.75 < 0.9
     assert checked["api_cpu_ms_per_turn_scaled"]["met"] is True  # 4 <= 5
     assert figures({})["scaled_vs_stock_output_tps"] is None  # a run that did not happen
+
+
+def test_a_report_holds_what_every_run_records_then_its_own(tmp_path: Path) -> None:
+    workload = tmp_path / "workload.json"
+    workload.write_text('{"turns": 3}')
+    args = SimpleNamespace(bundle=tmp_path, workload=workload, out=tmp_path / "out", quick=True)
+    bench = SimpleNamespace(args=args, sessions=4, runs={"scaled": {"completed": 1}})
+    env = report.environment(tmp_path)
+    document = report.document(bench, time.perf_counter() - 2, env, figures={"x": 1.0})
+    assert document["environment"] == env | {"sessions": 4}
+    assert document["config"]["bundle"] == str(tmp_path) and "server_env" in document["config"]
+    assert document["workload"] == {"turns": 3} and document["runs"] == bench.runs
+    assert document["figures"] == {"x": 1.0} and document["duration_s"] >= 2

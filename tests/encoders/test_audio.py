@@ -38,23 +38,30 @@ MEAN, STD = -4.268, 9.138
 # --- the reference -------------------------------------------------------------------------------
 
 
-def reference_clips(duration: float) -> list[tuple[Fraction, Fraction]]:
-    """pytorchvideo's ConstantClipsPerVideoSampler(clip_duration=2, clips_per_video=3) via get_clip_timepoints."""
+def reference_clips(duration: float, clips: int = 3, pytorchvideo: str = "fixed") -> list[tuple[Fraction, Fraction]]:
+    """pytorchvideo's ConstantClipsPerVideoSampler(clip_duration=2, clips_per_video=clips) via
+    get_clip_timepoints: after its fix of 2022-04-28 (ImageBind's pin) the spacing divides by
+    max(clips - 1, 1); in 0.1.5 (Video-LLaMA's pin) by clips."""
     clip_duration = Fraction(2)
     max_possible_clip_start = Fraction(max(duration - clip_duration, 0))
-    uniform_clip = Fraction(max_possible_clip_start, max(3 - 1, 1))
-    return [(uniform_clip * i, uniform_clip * i + clip_duration) for i in range(3)]
+    uniform_clip = Fraction(max_possible_clip_start, max(clips - 1, 1) if pytorchvideo == "fixed" else clips)
+    return [(uniform_clip * i, uniform_clip * i + clip_duration) for i in range(clips)]
 
 
 def reference_from_waveform(
-    waveform: np.ndarray, rate: int, in_place: bool = True, mean_channels: str = "all"
+    waveform: np.ndarray,
+    rate: int,
+    in_place: bool = True,
+    mean_channels: str = "all",
+    clips: Callable[[float], list[tuple[Fraction, Fraction]]] = reference_clips,
 ) -> np.ndarray:
-    """(channels, N) at `rate` -> (3, 1, 128, 204). `in_place`, `mean_channels` turn the original's quirks off."""
+    """(channels, N) at `rate` -> (clips, 1, 128, 204). `in_place`, `mean_channels` turn the original's
+    quirks off."""
     wave = np.array(waveform, dtype=np.float64)
     if rate != 16_000:
         wave = reference_resample(wave, rate, 16_000)
     mels = []
-    for start, end in reference_clips(wave.shape[1] / 16_000):
+    for start, end in clips(wave.shape[1] / 16_000):
         clip = wave[:, int(start * 16_000) : int(end * 16_000)]  # a view: the shift below lands in `wave`
         if not in_place:
             clip = clip.copy()
@@ -150,8 +157,8 @@ def pyav_decode(data: bytes) -> tuple[np.ndarray, int]:
     return np.concatenate(parts, axis=1), rate
 
 
-def assert_matches(ours: np.ndarray, expected: np.ndarray) -> None:
-    assert ours.shape == (3, 1, 128, 204)
+def assert_matches(ours: np.ndarray, expected: np.ndarray, clips: int = 3) -> None:
+    assert ours.shape == (clips, 1, 128, 204)
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, expected, atol=TOLERANCE, rtol=0)
 

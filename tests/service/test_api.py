@@ -13,6 +13,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.client.sse import iter_events
 from service.core.session_store import KEY_PREFIX
 from tests.conftest import AUTH, OTHER_KEY
 from tests.media import picture
@@ -42,13 +43,9 @@ def turn(client: httpx.Client, message: str, session_id: str | None = None, **fo
 
 
 def events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
-    """(event, data) pairs of a server-sent event stream."""
-    name = None
-    for line in lines:
-        if line.startswith("event: "):
-            name = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            yield name or "message", json.loads(line.removeprefix("data: "))
+    """(event, data) pairs of a server-sent event stream (the client's parser: the repo has one)."""
+    for event in iter_events(lines):
+        yield event.event, json.loads(event.data)
 
 
 def metric(client: httpx.Client, name: str) -> float:
