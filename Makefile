@@ -29,7 +29,8 @@ demo-bundle: $(BUNDLE)/manifest.json
 demo: install $(BUNDLE)/manifest.json
 	$(PY) -c "from training import synthetic; _, s, _ = next(synthetic.items(1, 7)); synthetic.draw(s).save('bundles/example.png')"
 	@echo
-	@echo "Serving $(BUNDLE) on http://$(HOST):$(PORT) (the engine takes ~20 s to start). Then try:"
+	@echo "Serving $(BUNDLE) on http://$(HOST):$(PORT) (the engine takes ~20 s to start)."
+	@echo "Then open http://$(HOST):$(PORT) for the chat page, or try:"
 	@echo "  curl -s http://$(HOST):$(PORT)/chat -F message='What is in this image?' -F image=@bundles/example.png"
 	@echo
 	$(VENV)/bin/pandaserve serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)

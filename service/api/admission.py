@@ -16,13 +16,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.error_handlers import error_response
 from service.api.lifecycle import Lifecycle
+from service.api.routes import web
 from service.errors import NotReady, ServiceError, Unauthorized
 
 log = logging.getLogger(__name__)
 
 # Probes need no key and count against no limit; nor do the metrics and the contract, unless the
 # operator keeps them for key holders (PANDASERVE_PUBLIC_METRICS_AND_DOCS=false: the metrics show
-# every tenant's traffic and cache behaviour).
+# every tenant's traffic and cache behaviour). The web page and its assets are public too: they hold
+# no data, and the API calls the page makes carry the key.
 PROBES = frozenset({"/healthz", "/readyz"})
 OPS = frozenset({"/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -31,7 +33,7 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, state: State) -> None:
         self.app = app
         self.state = state  # the app's: its lifecycle, and the resources once the lifespan built them
-        self.public = PROBES | OPS if state.settings.public_metrics_and_docs else PROBES
+        self.public = PROBES | web.PATHS | (OPS if state.settings.public_metrics_and_docs else frozenset())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.public:

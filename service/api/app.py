@@ -12,7 +12,7 @@ from service.api.admission import AdmissionMiddleware
 from service.api.error_handlers import install_error_handlers
 from service.api.lifecycle import Lifecycle
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware, TracingMiddleware
-from service.api.routes import chat, embeddings, ops, sessions, v1
+from service.api.routes import chat, embeddings, ops, sessions, v1, web
 from service.metrics import Metrics
 from service.resources import Resources, build_resources
 from service.settings import Settings
@@ -51,6 +51,6 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.add_middleware(TracingMiddleware, tracer=tracer)  # inside RequestId: spans carry the request id
     app.add_middleware(RequestIdMiddleware)  # outermost: every log line of the request carries its id
     install_error_handlers(app)
-    for module in (chat, embeddings, sessions, v1, ops):
+    for module in (chat, embeddings, sessions, v1, ops, web):
         app.include_router(module.router)
     return app

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.api.v1_schemas import ModelCard
 from service.core.chat_service import ChatService
 from service.core.turn_limits import TurnLimits
-from service.errors import NotReady
+from service.errors import NotFound, NotReady
 from service.metrics import Metrics
 from service.resources import Resources
 from service.settings import Settings
@@ -19,6 +20,14 @@ def get_resources(request: Request) -> Resources:
     if resources is None:
         raise NotReady("the service is starting")
     return resources
+
+
+def served_model(resources: Resources, asked: str | None = None) -> ModelCard:
+    """The one model this server serves; NotFound when the client `asked` for another."""
+    card = ModelCard(id=resources.model.id, created=resources.model.created)
+    if asked is not None and asked != card.id:
+        raise NotFound(f"the model {asked!r} does not exist; this server serves {card.id!r}", param="model")
+    return card
 
 
 def get_chat(resources: Annotated[Resources, Depends(get_resources)]) -> ChatService:

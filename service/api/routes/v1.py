@@ -20,7 +20,7 @@ import sentencepiece as spm
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import ChatDep, LimitsDep, ResourcesDep, SettingsDep, TenantDep
+from service.api.deps import ChatDep, LimitsDep, ResourcesDep, SettingsDep, TenantDep, served_model
 from service.api.disconnect import unless_disconnected
 from service.api.routes.chat import ERRORS
 from service.api.sse import sse, sse_error
@@ -40,8 +40,6 @@ from service.api.v1_schemas import (
 from service.core.chat_service import TurnEvent, TurnResult, final_result
 from service.core.reply import TextDelta
 from service.engines.base import TokenLogprob
-from service.errors import NotFound
-from service.resources import Resources
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -51,14 +49,6 @@ STREAM: dict[int | str, dict] = {
         "description": "with stream=true: `chat.completion.chunk` data lines, then `data: [DONE]`",
     }
 }
-
-
-def served_model(resources: Resources, asked: str | None = None) -> ModelCard:
-    """The one model this server serves; NotFound when the client `asked` for another."""
-    card = ModelCard(id=resources.model.id, created=resources.model.created)
-    if asked is not None and asked != card.id:
-        raise NotFound(f"the model {asked!r} does not exist; this server serves {card.id!r}", param="model")
-    return card
 
 
 def _token(tokenizer: spm.SentencePieceProcessor, token_id: int) -> tuple[str, list[int]]:

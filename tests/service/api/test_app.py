@@ -90,6 +90,19 @@ async def test_chat_and_its_stream_over_the_real_core(demo_bundle: Path, sp: spm
         assert [t["message"] for t in session["turns"]] == ["What is it?", "Again?"]
 
 
+async def test_chat_names_the_model_or_is_told_it_is_not_served(demo_bundle: Path) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    files = {"image": ("a.png", b"any bytes: the encoder is a fake")}
+    engine = ScriptedEngine([[5], [2]])
+    async with client(demo_bundle, engine) as c:
+        other = await c.post("/chat", data={"message": "Hi", "model": "other"}, files=files, headers=auth)
+        served = await c.post("/chat", data={"message": "Hi", "model": "demo"}, files=files, headers=auth)
+    assert other.status_code == 404 and other.json()["error"]["param"] == "model"
+    assert "this server serves 'demo'" in other.json()["error"]["message"]
+    assert served.status_code == 200, served.text
+    assert len(engine.prompts) == 1  # the refused turn never reached the engine
+
+
 async def test_v1_chat_completions_over_the_real_core(demo_bundle: Path, sp: spm.SentencePieceProcessor) -> None:
     chunks = [[t] for t in sp.encode("Two blue circles.")] + [[2]]
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
