@@ -103,7 +103,8 @@ class MemoryRateLimiter:
 # KEYS: bucket, in-flight slots (a sorted set: slot id -> its deadline). ARGV: rpm, concurrency, now
 # (ms), the new slot's id, the deadline's distance (ms).
 # Returns 0 when admitted, -1 when over the concurrency cap, else the ms to wait for a token.
-_ENTER = """
+# `#!lua`: refused whole when Redis is out of memory (see session_store._COMMIT).
+_ENTER = """#!lua
 local rpm, cap, now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]) or rpm, tonumber(state[2]) or now

@@ -228,7 +228,10 @@ async def redis_available() -> AsyncIterator[None]:
 # when it expires (ms). ARGV: expected turns (-1: the session must not exist yet), new turns, json,
 # ttl seconds, now (ms), the tenant's cap, session id.
 # Returns 1 when stored, 0 when the session changed, -1 when a new session is over the tenant's cap.
-_COMMIT = """
+# `#!lua` (Redis 7): out of memory, the script is refused before it starts. Without it Redis checks
+# only the first write, and the index's ZREMRANGEBYSCORE (which needs no memory) would let the
+# writes after it through past maxmemory.
+_COMMIT = """#!lua
 local turns = redis.call('HGET', KEYS[1], 'turns')
 if (turns or '-1') ~= ARGV[1] then return 0 end
 if KEYS[2] then
