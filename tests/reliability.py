@@ -26,8 +26,6 @@ OPEN = """\
   it as a client would, after Retry-After, and counts it under Faults).
 - **A form field over 1 MiB** (`message` on `/chat`) gets the form parser's own `400` ("Field exceeded
   maximum size of 1024KB"), which does not name the field.
-- **Audio at a rate coprime with 16 kHz** (4001 Hz, 7919 Hz, 383,999 Hz) is `422` "unsupported sample
-  rate" (the resampling kernel would have millions of taps): the README's limits table says so.
 - Protocol-level garbage (a bad Content-Length, a bare CR in a header, HTTP/0.9) is answered by
   uvicorn itself: a plain-text `400` or a closed connection, no error envelope.
 """
@@ -98,7 +96,7 @@ def faults_section(figures: dict[str, Any]) -> list[str]:
         "children) on a Redis of its own, a stock vLLM server as its engine. After each fault: `/readyz`",
         "200 again without a restart, no session lock left beyond its lease (3 s here), every committed",
         "turn there exactly once, no unhandled error in the server's log, the conversation goes on, and",
-        "no in-flight slot of the rate limiter left.",
+        "no in-flight slot of the rate limiter counting past its deadline (5 s here).",
         "",
         "| fault | statuses of the turns it hit | seconds |",
         "|---|---|---|",
