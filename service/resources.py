@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as redis
 import torch
 from opentelemetry.trace import Tracer
 
@@ -29,7 +28,7 @@ from service.core.embedding_store import RedisEmbeddingStore
 from service.core.engine_admission import EngineAdmission
 from service.core.prompt import PromptAssembler
 from service.core.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from service.core.session_store import MemorySessionStore, RedisSessionStore, SessionStore
+from service.core.session_store import MemorySessionStore, RedisSessionStore, SessionStore, connect_redis
 from service.core.turn_limits import TurnLimits
 from service.engines.base import Engine, EngineConfig
 from service.engines.vllm_remote import RemoteEngineConfig, RemoteVLLMEngine
@@ -134,7 +133,7 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
     family = load_family(bundle)
     on_close: list[Callable[[], Awaitable[None]]] = []
 
-    client = redis.from_url(settings.redis_url) if settings.redis_url else None
+    client = connect_redis(settings.redis_url) if settings.redis_url else None
     store: SessionStore
     limiter: RateLimiter
     rpm, concurrency, failures = (

@@ -21,9 +21,6 @@ COMMAND = "python -m tests.reliability"
 
 # What the suites found and left open, by hand: a run can show a figure, not a judgement.
 OPEN = """\
-- **After Redis restarts**, a pooled connection it broke can fail one more command: a turn got
-  `503` once `/readyz` was already 200 in one of three runs of the fault suite (the suite retries
-  it as a client would, after Retry-After, and counts it under Faults).
 - **A form field over 1 MiB** (`message` on `/chat`) gets the form parser's own `400` ("Field exceeded
   maximum size of 1024KB"), which does not name the field.
 - Protocol-level garbage (a bad Content-Length, a bare CR in a header, HTTP/0.9) is answered by

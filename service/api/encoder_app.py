@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
-import redis.asyncio as redis
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
@@ -29,6 +28,7 @@ from service.api.schemas import Health
 from service.api.uploads import read_upload
 from service.bundle import load_bundle
 from service.core.embedding_store import RedisEmbeddingStore
+from service.core.session_store import connect_redis
 from service.errors import BadRequest, NotReady
 from service.metrics import Metrics
 from service.resources import start_encoders
@@ -71,7 +71,7 @@ def create_encoder_app(settings: Settings, encoder: Encoder | None = None) -> Fa
         if app.state.encoder is None:
             if settings.bundle is None:
                 raise NotReady("no model bundle configured: set PANDASERVE_BUNDLE or pass --bundle")
-            client = redis.from_url(settings.redis_url) if settings.redis_url else None
+            client = connect_redis(settings.redis_url) if settings.redis_url else None
             shared = RedisEmbeddingStore(client, settings.embedding_cache_ttl_s) if client else None
             app.state.encoder = await start_encoders(load_bundle(settings.bundle), settings, metrics, shared)
         try:

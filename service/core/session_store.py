@@ -21,6 +21,10 @@ from typing import Annotated, Any, Protocol
 import redis.asyncio as redis
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from encoders.media import tensor_from_base64, tensor_to_base64
 from service.errors import Conflict, StoreUnavailable, TooManyRequests
@@ -212,6 +216,14 @@ def _too_many_sessions(cap: int) -> TooManyRequests:
         f"this API key holds {cap} live sessions, its cap; delete one or wait until one expires",
         retry_after_s=60,
     )
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """The Redis client every part shares. A command that meets a dead connection (one a Redis restart
+    broke while it sat in the pool) reconnects and is sent once more, so the first request after a
+    restart is not a 503; a Redis that is really gone still fails fast (two short tries), as 503."""
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
+    return redis.from_url(url, retry=retry, retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
 
 @asynccontextmanager

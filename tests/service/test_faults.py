@@ -144,8 +144,8 @@ def assert_invariants(
     assert eventually(lambda: not locks(store), LOCK_TTL_S + 2), f"{fault}: locks left: {locks(store)}"
     assert conversation.stored() == conversation.committed, fault
     assert unhandled(api) == 0, f"{fault}: unhandled errors in the server's log"
-    # As a client would: a 503 is retried after its Retry-After. Open (RELIABILITY.md): after Redis
-    # restarts, a pooled connection it broke can fail one more command, a 503, before it reconnects.
+    # As a client would: a 503 is retried after its Retry-After, and counted (a pooled connection a
+    # Redis restart broke used to fail one more command; the client now reconnects and resends it).
     for _ in range(3):
         after = conversation.turn(f"After {fault}")
         if after.status_code != 503:
