@@ -742,6 +742,18 @@ def headers() -> list[Case]:
             lambda: {"content": body, "headers": {"content-type": content_type}},
         )
 
+    def raw(
+        name: str,
+        method: str,
+        path: str,
+        accept: frozenset[int],
+        head: str,
+        body: bytes = b"",
+        half_close: bool = False,
+    ) -> Case:
+        """Bytes no HTTP client would send, written to a socket as they are."""
+        return Case(name, "header", method, path, accept, None, raw=raw_request(head, body), half_close=half_close)
+
     return [
         multipart("multipart-no-boundary", "multipart/form-data", form, refused(400, 422), None),
         multipart("multipart-empty-boundary", "multipart/form-data; boundary=", form, refused(400, 422), None),
@@ -811,104 +823,74 @@ def headers() -> list[Case]:
             None,
             lambda: {"headers": {"traceparent": "00-zz-zz-zz" + "f" * 4000}},
         ),
-        Case(
+        raw(
             "raw-content-length-abc",
-            "header",
             "POST",
             "/chat",
             refused(400, 0),
-            None,
-            raw=raw_request(f"POST /chat HTTP/1.1\nHost: x\n{key}Content-Length: abc\n"),
+            f"POST /chat HTTP/1.1\nHost: x\n{key}Content-Length: abc\n",
         ),
-        Case(
+        raw(
             "raw-content-length-negative",
-            "header",
             "POST",
             "/chat",
             refused(400, 0),
-            None,
-            raw=raw_request(f"POST /chat HTTP/1.1\nHost: x\n{key}Content-Length: -5\n"),
+            f"POST /chat HTTP/1.1\nHost: x\n{key}Content-Length: -5\n",
         ),
-        Case(
+        raw(
             "raw-content-length-and-chunked",
-            "header",
             "POST",
             "/chat",
             refused(400, 0),
-            None,
-            raw=raw_request(
-                f"POST /chat HTTP/1.1\nHost: x\n{key}Content-Length: 5\nTransfer-Encoding: chunked\n", b"0\r\n\r\n"
-            ),
+            f"POST /chat HTTP/1.1\nHost: x\n{key}Content-Length: 5\nTransfer-Encoding: chunked\n",
+            b"0\r\n\r\n",
         ),
-        Case(
+        raw(
             "raw-content-length-over-body-cap",
-            "header",
             "POST",
             "/chat",
             refused(413),
-            None,
-            raw=raw_request(f"POST /chat HTTP/1.1\nHost: x\n{key}{MULTIPART}Content-Length: {200 * MB}\n"),
+            f"POST /chat HTTP/1.1\nHost: x\n{key}{MULTIPART}Content-Length: {200 * MB}\n",
         ),
-        Case(
+        raw(
             "raw-content-length-over-the-bytes-sent",
-            "header",
             "POST",
             "/chat",
             refused(400, 422, 0),
-            None,
-            raw=raw_request(
-                f"POST /chat HTTP/1.1\nHost: x\n{key}{MULTIPART}Content-Length: 100000\n",
-                form,
-            ),
+            f"POST /chat HTTP/1.1\nHost: x\n{key}{MULTIPART}Content-Length: 100000\n",
+            form,
             half_close=True,
         ),
-        Case(
+        raw(
             "raw-bad-chunk-size",
-            "header",
             "POST",
             "/chat",
             refused(400, 0),
-            None,
-            raw=raw_request(
-                f"POST /chat HTTP/1.1\nHost: x\n{key}Transfer-Encoding: chunked\n", b"zz\r\nhello\r\n0\r\n\r\n"
-            ),
+            f"POST /chat HTTP/1.1\nHost: x\n{key}Transfer-Encoding: chunked\n",
+            b"zz\r\nhello\r\n0\r\n\r\n",
             half_close=True,
         ),
-        Case(
+        raw(
             "raw-header-line-break",
-            "header",
             "GET",
             "/v1/models",
             refused(400, 0),
-            None,
-            raw=raw_request(f"GET /v1/models HTTP/1.1\nHost: x\n{key}X-A: a\rX-B: b\n"),
+            f"GET /v1/models HTTP/1.1\nHost: x\n{key}X-A: a\rX-B: b\n",
         ),
-        Case(
-            "raw-no-host-http11",
-            "header",
-            "GET",
-            "/v1/models",
-            refused(200, 400, 0),
-            None,
-            raw=raw_request(f"GET /v1/models HTTP/1.1\n{key}"),
-        ),
-        Case(
+        raw("raw-no-host-http11", "GET", "/v1/models", refused(200, 400, 0), f"GET /v1/models HTTP/1.1\n{key}"),
+        raw(
             "raw-garbage-method",
-            "header",
             "GET",
             "/v1/models",
             refused(400, 405, 0),
-            None,
-            raw=raw_request(f"F\x00O /v1/models HTTP/1.1\nHost: x\n{key}"),
+            f"F\x00O /v1/models HTTP/1.1\nHost: x\n{key}",
         ),
-        Case(
+        raw(
             "raw-64kib-path",
-            "header",
             "GET",
             "/v1/models",
             refused(400, 404, 414, 0),
-            None,
-            raw=raw_request(f"GET /{'a' * 65_536} HTTP/1.1\nHost: x\n{key}"),
+            f"GET /{'a' * 65_536} HTTP/1.1\nHost: x\n{key}",
         ),
         Case("raw-http-0.9", "header", "GET", "/", refused(400, 401, 0), None, raw=lambda: b"GET /v1/models\r\n\r\n"),
         Case(
