@@ -47,15 +47,7 @@ class VideoLlamaAudio(nn.Module):
         self.config = config
         c = config
         self.audio_query_tokens = nn.Parameter(torch.zeros(1, c.num_audio_query_token, c.qformer_hidden))
-        self.audio_Qformer = QFormer(
-            hidden=c.qformer_hidden,
-            heads=c.qformer_heads,
-            intermediate=c.qformer_intermediate,
-            num_layers=c.audio_qformer_layers,
-            encoder_width=c.audio_encoder_width,
-            cross_attention_freq=1,
-            max_positions=c.qformer_max_positions,
-        )
+        self.audio_Qformer = QFormer(c, num_layers=c.audio_qformer_layers, encoder_width=c.audio_encoder_width)
         self.audio_llama_proj = nn.Linear(c.qformer_hidden, c.llm_hidden_size)
         self.audio_position_embedding = nn.Embedding(c.max_audio_clips, c.audio_encoder_width)
         nn.init.normal_(self.audio_query_tokens, std=0.02)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import VideoLlamaConfig
+
 # bert-base-uncased's layer_norm_eps, which upstream loads with the BERT config.
 BERT_LN_EPS = 1e-12
 
@@ -110,25 +112,25 @@ class Bert(nn.Module):
 
 
 class QFormer(nn.Module):
-    """(B, Q, hidden) query tokens, (B, L, encoder_width) states -> (B, Q, hidden)."""
+    """(B, Q, hidden) query tokens, (B, L, encoder_width) states -> (B, Q, hidden). The three Q-Formers
+    share the config's widths (bert-base's); they differ in depth, what they attend to and how often."""
 
     def __init__(
-        self,
-        *,
-        hidden: int,
-        heads: int,
-        intermediate: int,
-        num_layers: int,
-        encoder_width: int,
-        cross_attention_freq: int,
-        max_positions: int,
+        self, config: VideoLlamaConfig, *, num_layers: int, encoder_width: int, cross_attention_freq: int = 1
     ) -> None:
         super().__init__()
+        c = config
         layers = [
-            Layer(hidden, heads, intermediate, encoder_width, cross_attention=i % cross_attention_freq == 0)
+            Layer(
+                c.qformer_hidden,
+                c.qformer_heads,
+                c.qformer_intermediate,
+                encoder_width,
+                cross_attention=i % cross_attention_freq == 0,
+            )
             for i in range(num_layers)
         ]
-        self.bert = Bert(Embeddings(hidden, max_positions), Encoder(layers))
+        self.bert = Bert(Embeddings(c.qformer_hidden, c.qformer_max_positions), Encoder(layers))
         self.apply(_init_weights)
 
     def forward(self, query_tokens: Tensor, encoder_states: Tensor) -> Tensor:

@@ -37,25 +37,14 @@ class VideoLlamaVision(nn.Module):
         self.visual_encoder = EvaViT(c)
         self.ln_vision = FP32LayerNorm(c.vision_width)
         self.Qformer = QFormer(
-            hidden=c.qformer_hidden,
-            heads=c.qformer_heads,
-            intermediate=c.qformer_intermediate,
+            c,
             num_layers=c.qformer_layers,
             encoder_width=c.vision_width,
             cross_attention_freq=c.qformer_cross_attention_freq,
-            max_positions=c.qformer_max_positions,
         )
         self.llama_proj = nn.Linear(c.qformer_hidden, c.llm_hidden_size)
         self.video_frame_position_embedding = nn.Embedding(c.max_frame_pos, c.qformer_hidden)
-        self.video_Qformer = QFormer(
-            hidden=c.qformer_hidden,
-            heads=c.qformer_heads,
-            intermediate=c.qformer_intermediate,
-            num_layers=c.video_qformer_layers,
-            encoder_width=c.qformer_hidden,
-            cross_attention_freq=1,
-            max_positions=c.qformer_max_positions,
-        )
+        self.video_Qformer = QFormer(c, num_layers=c.video_qformer_layers, encoder_width=c.qformer_hidden)
         nn.init.normal_(self.query_tokens, std=0.02)
         nn.init.normal_(self.video_query_tokens, std=0.02)
 
