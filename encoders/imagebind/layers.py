@@ -126,7 +126,7 @@ class Trunk(nn.Module):
         # semantics); computed in Python so building on the meta device works.
         rates = [drop_path * i / (num_blocks - 1) if num_blocks > 1 else 0.0 for i in range(num_blocks)]
         self.blocks = nn.ModuleList(Block(dim, num_heads, r, add_bias_kv) for r in rates)
-        self.apply(_init_trunk_weights)
+        self.apply(init_trunk_weights)
 
     def forward(self, tokens: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = self.pre_transformer_layer(tokens)
@@ -135,9 +135,9 @@ class Trunk(nn.Module):
         return x.transpose(0, 1)
 
 
-def _init_trunk_weights(m: nn.Module) -> None:
-    # Upstream's SimpleTransformer init; only matters for randomly initialised
-    # (tiny) models, real checkpoints overwrite everything.
+def init_trunk_weights(m: nn.Module) -> None:
+    # Upstream's SimpleTransformer init (EVA's ViT uses the same); only matters for randomly
+    # initialised (tiny) models, real checkpoints overwrite everything.
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from encoders.imagebind.layers import init_trunk_weights
+
 from .config import IMAGE_SIZE, PATCH_SIZE, VideoLlamaConfig
 
 # Upstream's norm_layer for the ViT is partial(nn.LayerNorm, eps=1e-6).
@@ -92,7 +94,7 @@ class EvaViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(width, config.vision_heads, config.vision_mlp_dim) for _ in range(config.vision_depth)
         )
-        self.apply(_init_weights)
+        self.apply(init_trunk_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -106,17 +108,6 @@ class EvaViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
-
-
-def _init_weights(m: nn.Module) -> None:
-    # Only random (tiny) models see this; real checkpoints overwrite every tensor.
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def half_like_original(vit: EvaViT) -> EvaViT:
