@@ -1,6 +1,6 @@
 """The embedding cache: a file seen before is neither decoded nor encoded again.
 
-Key: (ImageBind checkpoint digest and media limits, tenant, modality, preprocessing version, sha256
+Key: (the encoders' checkpoint digests and media limits, tenant, modality, preprocessing version, sha256
 of the bytes), so a new checkpoint or a change to a modality's preprocessing never serves a stale
 embedding, and a hit never admits a file that the current limits refuse. Per tenant: a hit is
 faster than a miss, so a shared entry would tell one tenant that another uploaded the same file;
@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
-
-import numpy as np
-import torch
 
 from encoders.limits import MediaLimits
 
@@ -37,15 +35,19 @@ class CacheObserver(Protocol):
     def cache_lookup(self, tier: str, hit: bool) -> None: ...
 
 
-def namespace(checkpoint_path: str, limits: MediaLimits) -> str:
-    """What entries are shared under: the checkpoint's content (not its path, so replicas with the same
-    weights share) and the limits the files were admitted under."""
-    with open(checkpoint_path, "rb") as f:
-        checkpoint = hashlib.file_digest(f, "sha256").hexdigest()
-    return hashlib.sha256(f"{checkpoint}:{limits!r}".encode()).hexdigest()[:16]
+def namespace(checkpoint_paths: Sequence[str], limits: MediaLimits) -> str:
+    """What entries are shared under: the checkpoints' content (not their paths, so replicas with the
+    same weights share) and the limits the files were admitted under."""
+    digests = []
+    for path in checkpoint_paths:
+        with open(path, "rb") as f:
+            digests.append(hashlib.file_digest(f, "sha256").hexdigest())
+    return hashlib.sha256(f"{':'.join(digests)}:{limits!r}".encode()).hexdigest()[:16]
 
 
 class EmbeddingCache:
+    """Entries are bytes: the pool's model says how its results are written (encoders/pool.py)."""
+
     def __init__(self, namespace: str, max_bytes: int, shared: SharedStore | None, observer: CacheObserver) -> None:
         self.namespace = namespace
         self.max_bytes = max_bytes
@@ -61,12 +63,13 @@ class EmbeddingCache:
         version = PREPROCESSING_VERSION[modality]
         return f"pandaserve:emb:{self.namespace}:{owner}:{modality}:v{version}:{sha256}"
 
-    async def get(self, key: str) -> torch.Tensor | None:
+    async def get(self, key: str) -> bytes | None:
+        """The entry's bytes, as the pool's model encoded them."""
         value = self._lru.get(key)
         self.observer.cache_lookup("memory", value is not None)
         if value is not None:
             self._lru.move_to_end(key)
-            return _tensor(value)
+            return value
         if self.shared is None:
             return None
         try:
@@ -78,10 +81,9 @@ class EmbeddingCache:
         if value is None:
             return None
         self._remember(key, value)
-        return _tensor(value)
+        return value
 
-    async def put(self, key: str, embedding: torch.Tensor) -> None:
-        value = embedding.to(torch.float32).numpy().tobytes()
+    async def put(self, key: str, value: bytes) -> None:
         self._remember(key, value)
         if self.shared is not None:
             try:
@@ -98,7 +100,3 @@ class EmbeddingCache:
         while self._bytes > self.max_bytes and self._lru:
             old_key, old = self._lru.popitem(last=False)
             self._bytes -= len(old_key) + len(old)
-
-
-def _tensor(value: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(value, dtype=np.float32).copy())

@@ -1,9 +1,9 @@
 """The encoder seam: what a request hands the encoders (`MediaInput`) and what answers (`Encoder`).
 
-The in-process pool (encoders/pool.py) is an `Embedder`: files in, ImageBind embeddings out. The
-chat core sees an `Encoder`, which also answers each file's soft prompt (the vectors the LLM's media
-slot holds): the pool behind its projector (encoders/projector.py), a client of a remote encoder
-service, or a test's fake.
+The in-process ImageBind pool (encoders/pool.py) is an `Embedder`: files in, ImageBind embeddings
+out. The chat core sees an `Encoder`, which also answers each file's soft prompt (what the LLM's
+media slots hold): PandaGPT's pool behind its projector (encoders/projector.py), Video-LLaMA's
+branches (encoders/videollama/pool.py), a client of a remote encoder service, or a test's fake.
 """
 
 from __future__ import annotations
@@ -36,6 +36,18 @@ class MediaInput:
         return sha256(self.data).hexdigest()
 
 
+@dataclass(frozen=True)
+class SoftPrompt:
+    """One file in the LLM's input space: the vectors of its media slot, and what Video-LLaMA adds."""
+
+    vectors: torch.Tensor  # [n, hidden]
+    # Video-LLaMA, a video: its sound through the audio branch [8, hidden], a slot of its own; None
+    # when the video has no usable audio track or the bundle no audio branch.
+    audio_track: torch.Tensor | None = None
+    # Video-LLaMA, a video: the sentence that says when each sampled frame was taken.
+    timestamps: str = ""
+
+
 def tensor_to_base64(tensor: torch.Tensor) -> str:
     """A tensor's values as they travel and are stored: float32 little-endian, row-major, base64."""
     return base64.b64encode(tensor.detach().to(torch.float32).numpy().astype("<f4").tobytes()).decode()
@@ -48,7 +60,7 @@ def tensor_from_base64(data: str, shape: tuple[int, ...] = (-1,)) -> torch.Tenso
 class Embedder(Protocol):
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         """One ImageBind embedding (1024,) per item, in order; a bad file raises its MediaError
-        (naming `field`), a full queue PoolFull."""
+        (naming `field`), a full queue PoolFull, a model with no embeddings NoEmbeddings."""
         ...
 
     async def check_health(self) -> None:
@@ -59,7 +71,6 @@ class Embedder(Protocol):
 
 
 class Encoder(Embedder, Protocol):
-    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
-        """One soft prompt [n, hidden] per item, in order: the vectors its media slot holds in the
-        LLM's input space. Errors as `encode`."""
+    async def soft_prompts(self, items: list[MediaInput]) -> list[SoftPrompt]:
+        """One soft prompt per item, in order. Errors as `encode`."""
         ...

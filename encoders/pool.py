@@ -1,10 +1,13 @@
-"""The encoder pool: bytes of any modality -> ImageBind embedding, in LitServe's shape (the in-process
-`encoders.media.Encoder`).
+"""The encoder pool: bytes of any modality -> what a model makes of it, in LitServe's shape.
 
 decode (a process pool, off the event loop and the GIL) -> batch (per modality, across concurrent
-requests) -> predict (one forward on the device) -> unbatch. A file whose embedding is cached skips
-all of it. Both queues are bounded: when full, `encode` refuses at once (`PoolFull`) instead of
-letting latency grow without bound; and no tenant may hold more than its share of the decode
+requests) -> predict (one forward on the device) -> unbatch. A file whose result is cached skips
+all of it. `MediaPool` is that machinery; a model says how to decode a file (`loader`, run in the
+workers) and how to predict a batch: `EncoderPool` gives ImageBind embeddings (PandaGPT's encoder),
+encoders/videollama/pool.py Video-LLaMA's soft prompts.
+
+Both queues are bounded: when full, `encode` refuses at once (`PoolFull`) instead of letting
+latency grow without bound; and no tenant may hold more than its share of the decode
 queue's places, so one API key cannot fill the pool for every other.
 
 Each decode worker is a process in an executor of its own, running one file at a time under a
@@ -24,12 +27,12 @@ import resource
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +45,10 @@ from encoders.media import MediaInput
 from encoders.modalities import MODALITIES
 
 log = logging.getLogger(__name__)
+
+Out = TypeVar("Out")
+# One file's bytes -> the model's input (a module-level function: it is pickled to the workers).
+Loader = Callable[[bytes, str, MediaLimits], Any]
 
 # Past its deadline a worker's own alarm stops the decode at the next Python instruction; one stuck
 # in a long C call (a codec, a resize) is killed by the parent this much later.
@@ -94,8 +101,8 @@ class Batching:
 
 @dataclass
 class _Waiting:
-    array: np.ndarray
-    future: asyncio.Future[torch.Tensor]
+    decoded: Any  # the loader's result
+    future: asyncio.Future[Any]
     since: float = field(default_factory=time.monotonic)
 
 
@@ -122,8 +129,8 @@ def _on_alarm(signum: int, frame: object) -> None:
 
 
 def _decode(
-    modality: str, data: bytes, field: str, limits: MediaLimits, deadline_s: float = 0.0
-) -> tuple[np.ndarray, float, float]:
+    load: Loader, data: bytes, field: str, limits: MediaLimits, deadline_s: float = 0.0
+) -> tuple[Any, float, float]:
     """Runs in a decode worker process: (array, when it started, seconds it took); monotonic clocks
     are system-wide on Linux, so the parent can tell how long the file queued."""
     started = time.monotonic()
@@ -132,7 +139,7 @@ def _decode(
         if deadline_s:
             signal.setitimer(signal.ITIMER_REAL, deadline_s)
         try:
-            array = MODALITIES[modality].load(data, field, limits)
+            decoded = load(data, field, limits)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         if _Alarm.rang:  # it rang where it was dropped: the result may rest on a cut-short read
@@ -141,7 +148,7 @@ def _decode(
         raise MediaTooCostly(field, f"decoding took longer than the limit of {deadline_s:g} s; stopped") from None
     except MemoryError:
         raise MediaTooCostly(field, "decoding needs more memory than a decode worker may use") from None
-    return array, started, time.monotonic() - started
+    return decoded, started, time.monotonic() - started
 
 
 def _address_space() -> int | None:
@@ -172,25 +179,22 @@ class _Worker:
     field: str | None = None  # the file it decodes now
 
 
-class EncoderPool:
+class MediaPool(Generic[Out]):
+    """The pool's machinery; a model subclasses it with `loader`, `predict` and the cache's codec."""
+
     def __init__(
         self,
-        model: ImageBindModel,
         limits: MediaLimits,
-        modalities: Iterable[str],
+        modalities: Sequence[str],
         *,
         batching: Batching | None = None,
         cache: EmbeddingCache | None = None,
-        device: str = "cpu",
         observer: PoolObserver | None = None,
     ) -> None:
-        self.model = model
         self.limits = limits
-        self.modalities = [m for m in MODALITIES if m in set(modalities)]
+        self.modalities = list(modalities)
         self.batching = batching or Batching()
         self.cache = cache
-        self.device = torch.device(device)
-        self.dtype = next(model.parameters()).dtype
         self.observer = observer or Unobserved()
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -260,8 +264,23 @@ class EncoderPool:
         """The field each busy decode worker decodes -> its process id (operators, tests)."""
         return {w.field: w.pid for w in self._workers if w.field is not None}
 
-    async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
-        """Embeddings (out_dim,) in the order of `items`; the first bad file (in order) raises its MediaError."""
+    def loader(self, modality: str) -> Loader:
+        """How a decode worker turns a file of `modality` into the model's input."""
+        raise NotImplementedError
+
+    def predict(self, modality: str, batch: list[Any]) -> list[Out]:
+        """One forward of decoded files of one modality: one result per file, each its own copy."""
+        raise NotImplementedError
+
+    def to_bytes(self, result: Out) -> bytes:
+        """A result as the embedding cache keeps it."""
+        raise NotImplementedError
+
+    def from_bytes(self, value: bytes) -> Out:
+        raise NotImplementedError
+
+    async def encode(self, items: list[MediaInput]) -> list[Out]:
+        """Results in the order of `items`; the first bad file (in order) raises its MediaError."""
         for item in items:
             if item.modality not in self.modalities:
                 raise UnsupportedMediaType(item.field, f"this model does not serve {item.modality}")
@@ -305,23 +324,23 @@ class EncoderPool:
                 raise result
         return results  # type: ignore[return-value]  # no exceptions left
 
-    async def _embed(self, item: MediaInput, release: Callable[[], None]) -> torch.Tensor:
+    async def _embed(self, item: MediaInput, release: Callable[[], None]) -> Out:
         key = self.cache.key(item.tenant, item.modality, item.sha256) if self.cache else ""
         try:
             if self.cache and (hit := await self.cache.get(key)) is not None:
-                return hit
+                return self.from_bytes(hit)
             submitted = time.monotonic()
-            array, started, seconds = await self._decode_in_worker(item)
+            decoded, started, seconds = await self._decode_in_worker(item)
             self.observer.queued("decode", started - submitted)
             self.observer.decoded(item.modality, seconds)
         finally:
             release()  # this file's place in the decode queue
-        embedding = await self._forward_in_batch(item.modality, array)
+        result = await self._forward_in_batch(item.modality, decoded)
         if self.cache:
-            await self.cache.put(key, embedding)
-        return embedding
+            await self.cache.put(key, self.to_bytes(result))
+        return result
 
-    async def _decode_in_worker(self, item: MediaInput) -> tuple[np.ndarray, float, float]:
+    async def _decode_in_worker(self, item: MediaInput) -> tuple[Any, float, float]:
         self._start_workers()
         while True:
             worker = await self._idle.get()
@@ -334,12 +353,13 @@ class EncoderPool:
             except _DiedIdle:
                 continue  # that worker is being replaced; the next idle one takes the file
 
-    async def _run(self, worker: _Worker, item: MediaInput) -> tuple[np.ndarray, float, float]:
+    async def _run(self, worker: _Worker, item: MediaInput) -> tuple[Any, float, float]:
         deadline = self.batching.decode_deadline_s
         worker.field = item.field
         try:
             try:
-                future = worker.executor.submit(_decode, item.modality, item.data, item.field, self.limits, deadline)
+                load = self.loader(item.modality)
+                future = worker.executor.submit(_decode, load, item.data, item.field, self.limits, deadline)
             except BrokenProcessPool:  # it died while idle (killed from outside): not this file's doing
                 self._replace(worker)
                 raise _DiedIdle from None
@@ -361,8 +381,8 @@ class EncoderPool:
             if worker in self._workers:
                 self._idle.put_nowait(worker)
 
-    async def _forward_in_batch(self, modality: str, array: np.ndarray) -> torch.Tensor:
-        waiting = _Waiting(array, asyncio.get_running_loop().create_future())
+    async def _forward_in_batch(self, modality: str, decoded: Any) -> Out:
+        waiting = _Waiting(decoded, asyncio.get_running_loop().create_future())
         self._encoding += 1
         try:
             self._queues[modality].append(waiting)
@@ -398,7 +418,7 @@ class EncoderPool:
         for w in batch:
             self.observer.queued("encode", started - w.since)
         try:
-            out = await asyncio.to_thread(self.predict, modality, np.stack([w.array for w in batch]))
+            out = await asyncio.to_thread(self.predict, modality, [w.decoded for w in batch])
         except Exception as exc:
             if len(batch) > 1:  # find the file that fails; only its request fails
                 for w in batch:
@@ -407,14 +427,8 @@ class EncoderPool:
             _settle(batch[0].future, exc)
             return
         self.observer.encoded(modality, time.monotonic() - started, len(batch))
-        for w, row in zip(batch, out, strict=True):
-            _settle(w.future, row.clone())  # a copy: a view would keep the whole batch alive
-
-    @torch.inference_mode()
-    def predict(self, modality: str, batch: np.ndarray) -> torch.Tensor:
-        branch = MODALITIES[modality].branch
-        x = torch.from_numpy(batch).to(self.device, self.dtype)
-        return self.model({branch: x})[branch].float().cpu()
+        for w, result in zip(batch, out, strict=True):
+            _settle(w.future, result)
 
     async def check_health(self) -> None:
         if self._closed:
@@ -434,7 +448,46 @@ class EncoderPool:
             worker.executor.shutdown(cancel_futures=True)
 
 
-def _settle(future: asyncio.Future[torch.Tensor], result: torch.Tensor | Exception) -> None:
+class EncoderPool(MediaPool[torch.Tensor]):
+    """ImageBind: any of the six modalities -> its embedding (out_dim,), PandaGPT's encoder."""
+
+    def __init__(
+        self,
+        model: ImageBindModel,
+        limits: MediaLimits,
+        modalities: Iterable[str],
+        *,
+        batching: Batching | None = None,
+        cache: EmbeddingCache | None = None,
+        device: str = "cpu",
+        observer: PoolObserver | None = None,
+    ) -> None:
+        wanted = set(modalities)
+        super().__init__(
+            limits, [m for m in MODALITIES if m in wanted], batching=batching, cache=cache, observer=observer
+        )
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype
+
+    def loader(self, modality: str) -> Loader:
+        return MODALITIES[modality].load
+
+    @torch.inference_mode()
+    def predict(self, modality: str, batch: list[Any]) -> list[torch.Tensor]:
+        branch = MODALITIES[modality].branch
+        x = torch.from_numpy(np.stack(batch)).to(self.device, self.dtype)
+        out = self.model({branch: x})[branch].float().cpu()
+        return [row.clone() for row in out]  # copies: a view would keep the whole batch alive
+
+    def to_bytes(self, result: torch.Tensor) -> bytes:
+        return result.to(torch.float32).numpy().tobytes()
+
+    def from_bytes(self, value: bytes) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(value, dtype=np.float32).copy())
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if future.done():  # cancelled: its request went away
         return
     if isinstance(result, Exception):

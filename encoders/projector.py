@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from encoders.media import Embedder, MediaInput
+from encoders.media import Embedder, MediaInput, SoftPrompt
 
 
 class Projector(nn.Module):
@@ -39,12 +39,12 @@ class ProjectedEncoder:
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         return await self.embedder.encode(items)
 
-    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
+    async def soft_prompts(self, items: list[MediaInput]) -> list[SoftPrompt]:
         embeddings = await self.embedder.encode(items)
         # One file at a time, as the original projected each modality's embedding on its own: a
         # batched matmul may round differently in the last bit.
         with torch.inference_mode():
-            return [self.projector(embedding[None]) for embedding in embeddings]
+            return [SoftPrompt(self.projector(embedding[None])) for embedding in embeddings]
 
     async def check_health(self) -> None:
         await self.embedder.check_health()

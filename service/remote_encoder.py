@@ -12,7 +12,7 @@ import httpx
 import torch
 
 from encoders.errors import InvalidMedia, MediaError, MediaTooLarge, PoolFull, UnsupportedMediaType
-from encoders.media import TENANT_HEADER, MediaInput, tensor_from_base64
+from encoders.media import TENANT_HEADER, MediaInput, SoftPrompt, tensor_from_base64
 from service.errors import EncoderUnavailable
 
 MEDIA_ERRORS: dict[str, type[MediaError]] = {
@@ -29,12 +29,12 @@ class RemoteEncoder:
         self._slots = asyncio.Semaphore(max_concurrency)  # requests in flight to the service
 
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
-        return await self._post(items, "embedding")
+        return [file.vectors for file in await self._post(items, "embedding")]
 
-    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
+    async def soft_prompts(self, items: list[MediaInput]) -> list[SoftPrompt]:
         return await self._post(items, "soft_prompt")
 
-    async def _post(self, items: list[MediaInput], output: str) -> list[torch.Tensor]:
+    async def _post(self, items: list[MediaInput], output: str) -> list[SoftPrompt]:
         files = [(item.modality, (item.field, item.data, "application/octet-stream")) for item in items]
         tenant = items[0].tenant if items else None  # one request's files are one tenant's
         headers = {TENANT_HEADER: tenant} if tenant is not None else {}
@@ -47,7 +47,7 @@ class RemoteEncoder:
             ) from exc
         if response.status_code != 200:
             raise _error(response)
-        return [tensor_from_base64(item["data"], tuple(item["shape"])) for item in response.json()["data"]]
+        return [_soft_prompt(file) for file in response.json()["data"]]
 
     async def check_health(self) -> None:
         try:
@@ -57,6 +57,15 @@ class RemoteEncoder:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _tensor(encoded: dict) -> torch.Tensor:
+    return tensor_from_base64(encoded["data"], tuple(encoded["shape"]))
+
+
+def _soft_prompt(file: dict) -> SoftPrompt:
+    track = file.get("audio_track")
+    return SoftPrompt(_tensor(file), None if track is None else _tensor(track), file.get("timestamps", ""))
 
 
 def _error(response: httpx.Response) -> Exception:

@@ -21,6 +21,8 @@ from encoders.imagebind import ImageBindConfig, load_imagebind
 from encoders.media import Encoder
 from encoders.pool import EncoderPool
 from encoders.projector import ProjectedEncoder, load_projector
+from encoders.videollama import VideoLlamaConfig
+from encoders.videollama.pool import VideoLlamaEncoder, VideoLlamaPool, load_branches
 from service.bundle import Bundle, load_bundle
 from service.core.api_keys import ApiKeys, read_keys
 from service.core.chat_service import ChatService
@@ -85,24 +87,35 @@ def served_model(bundle: Bundle, settings: Settings) -> ServedModel:
 
 async def start_encoders(
     bundle: Bundle, settings: Settings, metrics: Metrics, shared: RedisEmbeddingStore | None
-) -> ProjectedEncoder:
-    """ImageBind and its batched pool in this process, decode workers started, behind the projector."""
-    # On a GPU in half precision (the original ran ImageBind in fp16); fp32 on CPU.
+) -> Encoder:
+    """The bundle's encoders and their batched pool in this process, decode workers started: ImageBind
+    behind PandaGPT's projector, or Video-LLaMA's branches (on ImageBind for audio)."""
+    # On a GPU in half precision (the originals ran their encoders in fp16); fp32 on CPU.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, settings.encoder_gpu_dtype) if device == "cuda" else torch.float32
-    config = ImageBindConfig(**bundle.imagebind.config)
-    imagebind = load_imagebind(bundle.imagebind_path, config, device, dtype)
+    imagebind = None
+    if bundle.manifest.imagebind is not None:
+        imagebind = load_imagebind(bundle.imagebind_path, ImageBindConfig(**bundle.imagebind.config), device, dtype)
     limits = settings.media_limits()
-    cache_namespace = await asyncio.to_thread(namespace, str(bundle.imagebind_path), limits)
+    weights = [bundle.imagebind_path] if imagebind is not None else []
+    spec = bundle.manifest.videollama
+    if spec is not None:
+        weights += [bundle.path(spec.vision), *([bundle.path(spec.audio)] if spec.audio else [])]
+    cache_namespace = await asyncio.to_thread(namespace, [str(path) for path in weights], limits)
     cache = EmbeddingCache(cache_namespace, settings.embedding_cache_bytes, shared, observer=metrics)
+    batching = settings.batching()
+    if spec is not None:
+        config = VideoLlamaConfig(**spec.config)
+        audio_path = bundle.path(spec.audio) if spec.audio else None
+        vision, audio = load_branches(config, bundle.path(spec.vision), audio_path, device)
+        videollama = VideoLlamaPool(
+            vision, audio, imagebind, limits, batching=batching, cache=cache, device=device, observer=metrics
+        )
+        await videollama.start()
+        return VideoLlamaEncoder(videollama)
+    assert imagebind is not None  # the manifest's rule for PandaGPT
     pool = EncoderPool(
-        imagebind,
-        limits,
-        bundle.manifest.modalities,
-        batching=settings.batching(),
-        cache=cache,
-        device=device,
-        observer=metrics,
+        imagebind, limits, bundle.manifest.modalities, batching=batching, cache=cache, device=device, observer=metrics
     )
     await pool.start()
     return ProjectedEncoder(pool, load_projector(bundle.projector_path))

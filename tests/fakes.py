@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from opentelemetry import trace
 
-from encoders.media import MediaInput
+from encoders.media import MediaInput, SoftPrompt
 from service.bundle import load_bundle
 from service.core.api_keys import ApiKeys
 from service.core.chat_service import ChatService
@@ -86,9 +86,9 @@ class FixedEncoder:
         self.encoded += items
         return [torch.full((1024,), 0.01 * (i + 1)) for i, _ in enumerate(items)]
 
-    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
+    async def soft_prompts(self, items: list[MediaInput]) -> list[SoftPrompt]:
         self.encoded += items
-        return [torch.full((1, self.hidden), 0.01 * (i + 1)) for i, _ in enumerate(items)]
+        return [SoftPrompt(torch.full((1, self.hidden), 0.01 * (i + 1))) for i, _ in enumerate(items)]
 
     async def check_health(self) -> None:
         return None

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from encoders.videollama import preprocess
 from service.bundle import ImageBindSpec, Manifest, VideoLlamaSpec, write_manifest
 from training.convert import resolve_imagebind_preset
 from training.staging import staged_dir
@@ -109,7 +110,7 @@ def convert_videollama(
         lora=None,
         imagebind=imagebind_spec,
         videollama=VideoLlamaSpec(vision=VISION_FILE, audio=AUDIO_FILE if audio else None, config=asdict(config)),
-        modalities=["image", "video", "audio"] if audio else ["image", "video"],
+        modalities=list(preprocess.MODALITIES if audio else preprocess.VISUAL_MODALITIES),
     )
     with staged_dir(out) as tmp:
         save_file(_contiguous(vision), str(tmp / VISION_FILE))

@@ -61,7 +61,7 @@ class FeatureCache:
     @classmethod
     def for_checkpoint(cls, cache_root: Path, imagebind: Path, limits: MediaLimits) -> FeatureCache:
         return cls(
-            Path(cache_root) / namespace(str(imagebind), limits) / f"{MODALITY}-v{PREPROCESSING_VERSION[MODALITY]}"
+            Path(cache_root) / namespace([str(imagebind)], limits) / f"{MODALITY}-v{PREPROCESSING_VERSION[MODALITY]}"
         )
 
     def __contains__(self, sha: str) -> bool:

@@ -24,6 +24,9 @@ from encoders import audio, image, video
 from encoders.clips import clip_timepoints
 from encoders.limits import MediaLimits
 
+# What Video-LLaMA takes, in the order a turn's uploads take in the prompt; audio needs the AL branch.
+MODALITIES = ("image", "video", "audio")
+VISUAL_MODALITIES = ("image", "video")
 SIZE = 224
 FRAMES = 8
 AUDIO_CLIPS = 8

@@ -1,13 +1,14 @@
-"""The encoder service (`pandaserve encoders serve`): the batched ImageBind pool (decode workers,
-batches across every API replica's requests, the embedding cache in Redis) behind HTTP, so API
-replicas need no ImageBind of their own.
+"""The encoder service (`pandaserve encoders serve`): the bundle's batched encoder pool (decode
+workers, batches across every API replica's requests, the embedding cache in Redis) behind HTTP, so
+API replicas load no encoders of their own.
 
 POST /v1/encode: multipart, one part per file, named by its modality; a part's filename names the
 file in errors (API replicas send their own field names, e.g. `image[0]`, `messages[0].content[1]`).
 Answers, in the order sent, each file's soft prompt ([n, hidden]: what the LLM's media slot holds,
-projected here) or, with `?output=embedding`, its ImageBind embedding ([1024], for /embeddings):
-shape + float32 little-endian values, base64. Errors: the API's envelope (413/415/422 naming the
-file, 503 `overloaded_error` when the pool is full).
+projected here; for a Video-LLaMA video also its audio track's and its timestamp sentence) or, with
+`?output=embedding`, its ImageBind embedding ([1024], for /embeddings): shape + float32
+little-endian values, base64. Errors: the API's envelope (413/415/422 naming the file, 503
+`overloaded_error` when the pool is full).
 No API keys: like the engine, it is reached only by the API replicas (a NetworkPolicy's job).
 """
 
@@ -17,10 +18,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
+import torch
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from encoders.media import TENANT_HEADER, Encoder, MediaInput, tensor_to_base64
+from encoders.media import TENANT_HEADER, Encoder, MediaInput, SoftPrompt, tensor_to_base64
 from encoders.modalities import MODALITIES
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
@@ -35,12 +37,22 @@ from service.resources import start_encoders
 from service.settings import Settings
 
 
-class EncodedFile(BaseModel):
+class EncodedTensor(BaseModel):
+    shape: list[int]
+    data: str  # float32 little-endian, row-major, base64
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> EncodedTensor:
+        return cls(shape=list(tensor.shape), data=tensor_to_base64(tensor))
+
+
+class EncodedFile(EncodedTensor):
     field: str
     modality: str
     sha256: str
-    shape: list[int]
-    data: str  # float32 little-endian, row-major, base64
+    # Video-LLaMA, a video (encoders.media.SoftPrompt): its audio track's vectors and its timestamp sentence.
+    audio_track: EncodedTensor | None = None
+    timestamps: str = ""
 
 
 class Encoded(BaseModel):
@@ -92,12 +104,20 @@ def create_encoder_app(settings: Settings, encoder: Encoder | None = None) -> Fa
     async def encode(request: Request, output: Literal["soft_prompt", "embedding"] = "soft_prompt") -> Encoded:
         media = await read_media(request, settings)
         encoder: Encoder = app.state.encoder
-        tensors = await (encoder.soft_prompts(media) if output == "soft_prompt" else encoder.encode(media))
+        if output == "embedding":
+            encoded = [SoftPrompt(t) for t in await encoder.encode(media)]
+        else:
+            encoded = await encoder.soft_prompts(media)
         data = [
             EncodedFile(
-                field=m.field, modality=m.modality, sha256=m.sha256, shape=list(t.shape), data=tensor_to_base64(t)
+                field=m.field,
+                modality=m.modality,
+                sha256=m.sha256,
+                **EncodedTensor.of(e.vectors).model_dump(),
+                audio_track=None if e.audio_track is None else EncodedTensor.of(e.audio_track),
+                timestamps=e.timestamps,
             )
-            for m, t in zip(media, tensors, strict=True)
+            for m, e in zip(media, encoded, strict=True)
         ]
         return Encoded(data=data)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from service.core.session_store import SESSION_ID_PATTERN, Session
+from service.core.session_store import SESSION_ID_PATTERN, MediaRecord, Session
 
 SessionId = Annotated[str, StringConstraints(pattern=SESSION_ID_PATTERN)]
 
@@ -25,18 +25,28 @@ class Usage(BaseModel):
     completion_tokens: int
 
 
+class MediaView(BaseModel):
+    modality: str
+    sha256: str
+    bytes: int
+    # Video-LLaMA, a video: whether its sound went into the prompt (false: it had none that could be
+    # read, and was served as a video alone, as the original demo fell back); null otherwise.
+    sound: bool | None = None
+
+    @classmethod
+    def of(cls, record: MediaRecord) -> MediaView:
+        # Only Video-LLaMA's videos carry a timestamp sentence.
+        sound = record.audio_track is not None if record.timestamps else None
+        return cls(modality=record.modality, sha256=record.sha256, bytes=record.bytes, sound=sound)
+
+
 class ChatResponse(BaseModel):
     session_id: str
     reply: str
     finish_reason: Literal["stop", "length"]
     usage: Usage
     token_ids: list[int] | None = None
-
-
-class MediaView(BaseModel):
-    modality: str
-    sha256: str
-    bytes: int
+    media: list[MediaView] = Field(default_factory=list, description="this turn's files, as they were served")
 
 
 class TurnView(BaseModel):
@@ -68,8 +78,11 @@ class SessionView(BaseModel):
     @classmethod
     def of(cls, session: Session) -> SessionView:
         # Never the raw bytes nor the soft prompts: a summary of each medium.
-        hidden: Any = {"tenant": True, "turns": {"__all__": {"media": {"__all__": {"soft_prompt"}}}}}
-        return cls.model_validate(session.model_dump(exclude=hidden))
+        turns = [
+            TurnView(**turn.model_dump(exclude={"media"}), media=[MediaView.of(m) for m in turn.media])
+            for turn in session.turns
+        ]
+        return cls(session_id=session.session_id, created_at=session.created_at, metadata=session.metadata, turns=turns)
 
 
 class Embedding(BaseModel):

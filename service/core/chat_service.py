@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from opentelemetry import trace
@@ -62,6 +62,7 @@ class TurnResult:
     completion_tokens: int
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
+    media: list[MediaRecord] = field(default_factory=list)  # this turn's files, as they were served
 
 
 TurnEvent = TextDelta | TurnResult
@@ -82,7 +83,11 @@ def _one_of(names: Sequence[str]) -> str:
 
 def _media(per_turn: Sequence[Sequence[MediaRecord]]) -> list[Medium]:
     """Every turn's media, as the family places them (each with the index of its turn)."""
-    return [Medium(m.modality, m.soft_prompt, turn) for turn, records in enumerate(per_turn) for m in records]
+    return [
+        Medium(m.modality, m.soft_prompt, turn, m.audio_track, m.timestamps)
+        for turn, records in enumerate(per_turn)
+        for m in records
+    ]
 
 
 class _Timing:
@@ -214,7 +219,7 @@ class ChatService:
             )
             session.turns.append(turn)
             await self.store.commit(session, expected_turns)
-            yield replace(result, session_id=session.session_id)
+            yield replace(result, session_id=session.session_id, media=records)
 
     async def complete(
         self,
@@ -275,8 +280,15 @@ class ChatService:
             span.set_attribute("pandaserve.media.modalities", [item.modality for item in media])
             soft_prompts = await self.encoder.soft_prompts(media)
         return [
-            MediaRecord(modality=item.modality, sha256=item.sha256, bytes=len(item.data), soft_prompt=vectors)
-            for item, vectors in zip(media, soft_prompts, strict=True)
+            MediaRecord(
+                modality=item.modality,
+                sha256=item.sha256,
+                bytes=len(item.data),
+                soft_prompt=encoded.vectors,
+                audio_track=encoded.audio_track,
+                timestamps=encoded.timestamps,
+            )
+            for item, encoded in zip(media, soft_prompts, strict=True)
         ]
 
     async def _prompt(

@@ -62,13 +62,23 @@ class MediaRecord(BaseModel):
     # The medium's soft prompt [n, hidden], as the encoders answered it: every later turn's prompt
     # holds it again, with no encoder work.
     soft_prompt: Float32Tensor
+    # Video-LLaMA, a video: its audio track's soft prompt (None: the video was served without its
+    # sound) and its timestamp sentence (encoders.media.SoftPrompt).
+    audio_track: Float32Tensor | None = None
+    timestamps: str = ""
 
     def __eq__(self, other: object) -> bool:  # tensors compare element-wise: say what equal means
         return (
             isinstance(other, MediaRecord)
-            and (self.modality, self.sha256, self.bytes) == (other.modality, other.sha256, other.bytes)
+            and (self.modality, self.sha256, self.bytes, self.timestamps)
+            == (other.modality, other.sha256, other.bytes, other.timestamps)
             and torch.equal(self.soft_prompt, other.soft_prompt)
+            and _same(self.audio_track, other.audio_track)
         )
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))
 
 
 class Turn(BaseModel):

@@ -24,12 +24,13 @@ from typing import Literal
 import sentencepiece as spm
 import torch
 
+from encoders.videollama import preprocess
 from service.families.base import Exchange, GenerationDefaults, LoraSpec, Medium, Segment, StopRule, StopSequence
 
 NAME = "videollama"
 Template = Literal["vicuna", "llama2"]
 # The order a /chat turn's uploads take (the form's fields carry no order between them).
-MODALITY_ORDER = ("image", "video", "audio")
+MODALITY_ORDER = preprocess.MODALITIES
 # `Chat.answer`: sampling always on, top_p 0.9, temperature 1.0, 300 new tokens; HF's hidden top_k 50.
 GENERATION = GenerationDefaults(max_tokens=300, temperature=1.0, top_p=0.9, top_k=50)
 

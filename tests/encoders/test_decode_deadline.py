@@ -45,12 +45,12 @@ def slow_load(swallow: bool):  # noqa: ANN201
 def test_a_decode_past_its_deadline_is_stopped(alarm: None, swallow: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(MODALITIES, "imu", replace(MODALITIES["imu"], load=slow_load(swallow)))
     with pytest.raises(MediaTooCostly, match=r"^imu\[0\]: decoding took longer than the limit of 0.1 s"):
-        pool_module._decode("imu", b"", "imu[0]", MediaLimits(), 0.1)
+        pool_module._decode(MODALITIES["imu"].load, b"", "imu[0]", MediaLimits(), 0.1)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # disarmed after
 
 
 def test_a_decode_within_its_deadline_is_untouched(alarm: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(MODALITIES, "imu", replace(MODALITIES["imu"], load=slow_load(False)))
-    array, _, seconds = pool_module._decode("imu", b"", "imu[0]", MediaLimits(), 5.0)
+    array, _, seconds = pool_module._decode(MODALITIES["imu"].load, b"", "imu[0]", MediaLimits(), 5.0)
     assert array.shape == (3,) and 0.5 <= seconds < 5
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

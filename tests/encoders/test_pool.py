@@ -77,7 +77,7 @@ async def test_concurrent_requests_share_a_batch_with_unbatched_results(model: I
         assert sum(size for _, size in recorder.batches) == 6
         assert recorder.waits["decode"] == 6 and recorder.waits["encode"] == 6
         for item, [embedding] in zip(items, batched, strict=True):
-            alone = pool.predict("image", MODALITIES["image"].load(item.data, item.field, MediaLimits())[None])[0]
+            alone = pool.predict("image", [MODALITIES["image"].load(item.data, item.field, MediaLimits())])[0]
             torch.testing.assert_close(embedding, alone, atol=1e-5, rtol=1e-5)
     finally:
         await pool.close()
@@ -214,7 +214,7 @@ def test_lru_keeps_within_its_byte_budget() -> None:
     async def fill() -> list[bool]:
         keys = [cache.key(None, "image", f"{i:064x}") for i in range(5)]
         for key in keys:
-            await cache.put(key, torch.ones(1024))
+            await cache.put(key, bytes(4096))
         return [await cache.get(key) is not None for key in keys]
 
     assert asyncio.run(fill()) == [False, False, True, True, True]  # the oldest two were evicted

@@ -15,6 +15,7 @@ from service.api.schemas import (
     ChatResponse,
     ErrorResponse,
     MaxTokens,
+    MediaView,
     Seed,
     SessionId,
     Temperature,
@@ -47,6 +48,7 @@ def response(result: TurnResult, token_ids: bool) -> ChatResponse:
         finish_reason=result.finish_reason,  # type: ignore[arg-type]
         usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
         token_ids=result.token_ids if token_ids else None,
+        media=[MediaView.of(record) for record in result.media],
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from encoders.errors import DecoderLost, DecodersRebuilding
-from encoders.media import MediaInput
+from encoders.media import MediaInput, SoftPrompt
 from service.api.app import create_app
 from service.api.encoder_app import create_encoder_app
 from service.settings import Settings
@@ -26,8 +26,8 @@ class RebuildingEncoder(FixedEncoder):
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         raise DecoderLost(items[0].field, "the decode worker stopped while decoding this file; retry")
 
-    async def soft_prompts(self, items: list[MediaInput]) -> list[torch.Tensor]:
-        return await self.encode(items)
+    async def soft_prompts(self, items: list[MediaInput]) -> list[SoftPrompt]:
+        raise DecoderLost(items[0].field, "the decode worker stopped while decoding this file; retry")
 
     async def check_health(self) -> None:
         raise DecodersRebuilding("1 decode worker(s) starting or being replaced")
