@@ -4,10 +4,10 @@ app.state); the parts get narrow configs made from them (engine, encoder pool, m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from encoders.limits import MediaLimits
 from encoders.pool import Batching
@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PANDASERVE_", extra="ignore")
 
     bundle: Path | None = None
+    # Bundles served beside `bundle` on the same engine (comma-separated directories): the same base
+    # LLM, e.g. PandaGPT (Vicuna v0 + its LoRA) and Video-LLaMA (the same Vicuna v0). Requests choose
+    # one by `model`, its directory's name; `bundle` is the default.
+    more_bundles: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # Tenants: comma-separated keys and/or a mounted file with one key per line. None: auth off,
     # allowed only for the embedded default (sessions in memory).
     api_keys: str = ""
@@ -111,6 +115,11 @@ class Settings(BaseSettings):
     # Their size cap is max_file_bytes.
     remote_media_hosts: str = ""
     remote_media_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("more_bundles", mode="before")
+    @classmethod
+    def comma_separated(cls, value: object) -> object:
+        return [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
 
     def batching(self) -> Batching:
         return Batching(

@@ -48,6 +48,7 @@ class ScriptedEngine:
         sampling: Sampling,
         affinity: str | None = None,
         cache_salt: str | None = None,
+        adapter: bool = True,
     ) -> AsyncGenerator[Delta, None]:
         self.prompts.append(prompt)
         self.affinities.append(affinity)
@@ -130,12 +131,11 @@ def resources(chat: ChatService, keys: list[str] | None = None, rpm: int = 600) 
     """What `create_app` serves, around a chat core made by `chat_service`."""
     assert isinstance(chat.engine, ScriptedEngine) and isinstance(chat.encoder, FixedEncoder)
     return Resources(
-        chat=chat,
-        encoder=chat.encoder,
+        chats={"demo": chat},
+        models=[ServedModel("demo", 0)],
         engine=chat.engine,
         store=chat.store,
         keys=ApiKeys(keys or []),
         limiter=MemoryRateLimiter(rpm, concurrency=4),
         limits=Settings().turn_limits(),
-        model=ServedModel("demo", 0),
     )

@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from service.api.v1_schemas import ModelCard
 from service.core.chat_service import ChatService
 from service.core.turn_limits import TurnLimits
-from service.errors import NotFound, NotReady
+from service.errors import NotReady
 from service.metrics import Metrics
-from service.resources import Resources
+from service.resources import Resources, ServedModel
 from service.settings import Settings
 
 
@@ -22,15 +22,12 @@ def get_resources(request: Request) -> Resources:
     return resources
 
 
-def served_model(resources: Resources, asked: str | None = None) -> ModelCard:
-    """The one model this server serves; NotFound when the client `asked` for another."""
-    card = ModelCard(id=resources.model.id, created=resources.model.created)
-    if asked is not None and asked != card.id:
-        raise NotFound(f"the model {asked!r} does not exist; this server serves {card.id!r}", param="model")
-    return card
+def model_card(model: ServedModel) -> ModelCard:
+    return ModelCard(id=model.id, created=model.created)
 
 
 def get_chat(resources: Annotated[Resources, Depends(get_resources)]) -> ChatService:
+    """The default model's chat core (what sessions' own routes need: the store behind it)."""
     return resources.chat
 
 

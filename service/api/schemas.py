@@ -74,6 +74,7 @@ class SessionView(BaseModel):
     created_at: float
     metadata: dict[str, str]
     turns: list[TurnView]
+    model: str | None = Field(description="the served model whose conversation it is; null before its first turn")
 
     @classmethod
     def of(cls, session: Session) -> SessionView:
@@ -82,7 +83,13 @@ class SessionView(BaseModel):
             TurnView(**turn.model_dump(exclude={"media"}), media=[MediaView.of(m) for m in turn.media])
             for turn in session.turns
         ]
-        return cls(session_id=session.session_id, created_at=session.created_at, metadata=session.metadata, turns=turns)
+        return cls(
+            session_id=session.session_id,
+            created_at=session.created_at,
+            metadata=session.metadata,
+            turns=turns,
+            model=session.model,
+        )
 
 
 class Embedding(BaseModel):

@@ -121,6 +121,7 @@ class ChatService:
     def __init__(
         self,
         *,
+        model: str = "",
         encoder: Encoder,
         family: Family,
         prompts: PromptAssembler,
@@ -133,6 +134,7 @@ class ChatService:
         lock_ttl_s: float = 30.0,
         max_session_media: int = 64,
     ) -> None:
+        self.model = model  # the served model's id: the sessions it starts are its own
         self.encoder = encoder
         self.family = family
         self.prompts = prompts
@@ -210,6 +212,7 @@ class ChatService:
                         yield event
             assert result is not None
             expected_turns = None if session_id is None else len(session.turns)  # None: a new session
+            session.model = self.model
             turn = Turn(
                 message=message,
                 reply=result.reply,
@@ -327,7 +330,9 @@ class ChatService:
         try:
             with self.admission.admit(tenant, len(prompt)) as ticket:
                 async with aclosing(
-                    self.engine.generate(uuid.uuid4().hex, prompt, sampling, affinity, cache_salt(tenant))
+                    self.engine.generate(
+                        uuid.uuid4().hex, prompt, sampling, affinity, cache_salt(tenant), self.family.lora is not None
+                    )
                 ) as deltas:
                     async for out in deltas:
                         ticket.prefilled()

@@ -96,6 +96,8 @@ class Session(BaseModel):
     tenant: str | None = Field(default=None, validation_alias=AliasChoices("tenant", "owner"))
     metadata: dict[str, str] = Field(default_factory=dict)
     turns: list[Turn] = Field(default_factory=list)
+    # The served model whose conversation it is (its latest turn's); None before the first turn.
+    model: str | None = None
 
     @classmethod
     def new(cls, tenant: str | None, metadata: dict[str, str] | None = None) -> Session:

@@ -15,7 +15,7 @@ class EngineConfig:
     """What an in-process engine is built from (the bundle's LLM and adapter, and the engine's limits)."""
 
     model_dir: Path
-    lora_dir: Path | None  # a PEFT adapter applied to every request, or none
+    lora_dir: Path | None  # a PEFT adapter applied to every request that asks for it, or none
     lora_targets: tuple[str, ...]  # the adapter's target modules, named as in the HF model
     kv_cache_gib: int = 1  # on CPU
     max_model_len: int | None = None  # None: the model's own
@@ -61,6 +61,7 @@ class Engine(Protocol):
         sampling: Sampling,
         affinity: str | None = None,
         cache_salt: str | None = None,
+        adapter: bool = True,
     ) -> AsyncGenerator[Delta, None]:
         """Stream deltas; closing the iterator early aborts the request in the engine.
 
@@ -68,7 +69,9 @@ class Engine(Protocol):
         several engines, so a conversation's later turns find their prefix in one engine's cache.
         An engine in this process has no choice to make and ignores it. `cache_salt` (one per
         tenant) keeps prefix-cache hits within requests of the same salt: a tenant cannot time
-        whether another tenant sent the same prompt.
+        whether another tenant sent the same prompt. `adapter=False` runs the base LLM without the
+        engine's LoRA adapter: a model served on the bare base beside one that has it (Video-LLaMA
+        beside PandaGPT). A remote engine serves the one model it was connected for, and ignores it.
         """
         ...
 

@@ -49,6 +49,7 @@ class LocalVLLMEngine:
         sampling: Sampling,
         affinity: str | None = None,
         cache_salt: str | None = None,
+        adapter: bool = True,
     ) -> AsyncGenerator[Delta, None]:
         finished, first = False, True
         try:
@@ -66,7 +67,7 @@ class LocalVLLMEngine:
             prompt: EmbedsPrompt = {"prompt_embeds": prompt_embeds.to(self.dtype)}
             if cache_salt is not None:
                 prompt["cache_salt"] = cache_salt
-            stream = self.llm.generate(prompt, params, request_id, lora_request=self.lora)
+            stream = self.llm.generate(prompt, params, request_id, lora_request=self.lora if adapter else None)
             async for output in stream:
                 completion = output.outputs[0]
                 finished = output.finished

@@ -148,6 +148,7 @@ class RemoteVLLMEngine:
         sampling: Sampling,
         affinity: str | None = None,
         cache_salt: str | None = None,
+        adapter: bool = True,
     ) -> AsyncGenerator[Delta, None]:
         body = self._body(prompt_embeds, sampling) | {"request_id": request_id}
         if cache_salt is not None:

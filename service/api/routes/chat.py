@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import ChatDep, LimitsDep, ResourcesDep, TenantDep, served_model
+from service.api.deps import LimitsDep, ResourcesDep, TenantDep
 from service.api.disconnect import unless_disconnected
 from service.api.schemas import (
     ChatResponse,
@@ -71,14 +71,15 @@ async def event_stream(
 @router.post("/chat", response_model=ChatResponse, responses=ERRORS | STREAM)
 async def chat(
     request: Request,
-    chat: ChatDep,
     tenant: TenantDep,
     limits: LimitsDep,
     resources: ResourcesDep,
     media: MediaUploads,
     message: Annotated[str, Form(description="The user's text for this turn")],
     session_id: Annotated[SessionId | None, Form(description="Continue this session; omit to start one")] = None,
-    model: Annotated[str | None, Form(description="One of GET /v1/models; omit for the served one")] = None,
+    model: Annotated[
+        str | None, Form(description="One of GET /v1/models; omit for the default (a session goes on with its own)")
+    ] = None,
     max_tokens: Annotated[MaxTokens | None, Form()] = None,
     temperature: Annotated[Temperature | None, Form()] = None,
     top_p: Annotated[TopP | None, Form()] = None,
@@ -87,7 +88,8 @@ async def chat(
     stream: Annotated[bool, Form(description="Reply as server-sent events")] = False,
     return_token_ids: Annotated[bool, Form(description="Also return the reply's token ids")] = False,
 ) -> ChatResponse | StreamingResponse:
-    served_model(resources, asked=model)  # a client that names another model is told, not answered by this one
+    # A client that names a model not served is told, not answered by another; a session keeps its own.
+    chat = await resources.chat_for_turn(tenant, session_id, model)
     limits.check_message(message, "message")
     sampling = SamplingRequest(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     events = chat.turn(tenant, session_id, message, media, sampling)

@@ -37,4 +37,4 @@ async def embed(encoder: Embedder, media: list[MediaInput]) -> EmbeddingsRespons
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
 async def embeddings(resources: ResourcesDep, media: MediaUploads) -> EmbeddingsResponse:
-    return await embed(resources.encoder, media)
+    return await embed(resources.chat.encoder, media)  # the default model's: ImageBind's for PandaGPT

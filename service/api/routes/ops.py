@@ -26,7 +26,8 @@ async def readyz(resources: ResourcesDep, request: Request) -> Health:
         raise NotReady("the server is shutting down")
     try:
         await resources.engine.check_health()
-        await resources.encoder.check_health()
+        for chat in resources.chats.values():
+            await chat.encoder.check_health()
         await resources.store.ping()
     except Exception as exc:
         raise NotReady(f"not ready: {exc}") from exc

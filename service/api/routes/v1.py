@@ -20,7 +20,7 @@ import sentencepiece as spm
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import ChatDep, LimitsDep, ResourcesDep, SettingsDep, TenantDep, served_model
+from service.api.deps import LimitsDep, ResourcesDep, SettingsDep, TenantDep, model_card
 from service.api.disconnect import unless_disconnected
 from service.api.routes.chat import ERRORS
 from service.api.sse import sse, sse_error
@@ -121,27 +121,27 @@ class _Completion:
 
 @router.get("/models", response_model=ModelList, responses=ERRORS)
 async def models(resources: ResourcesDep) -> ModelList:
-    """The one model this server serves."""
-    return ModelList(data=[served_model(resources)])
+    """The models this server serves (the first is the default)."""
+    return ModelList(data=[model_card(m) for m in resources.models])
 
 
 @router.get("/models/{model}", response_model=ModelCard, responses=ERRORS)
 async def model(model: str, resources: ResourcesDep) -> ModelCard:
-    return served_model(resources, asked=model)
+    return model_card(resources.served(model)[0])
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS | STREAM)
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
-    chat: ChatDep,
     tenant: TenantDep,
     settings: SettingsDep,
     limits: LimitsDep,
     resources: ResourcesDep,
 ) -> ChatCompletion | StreamingResponse:
     """A stateless turn from OpenAI messages (see service/api/v1_messages.py for the mapping)."""
-    served = served_model(resources, asked=body.model).id
+    model, chat = resources.served(body.model)
+    served = model.id
     sampling = body.sampling()
     history, message, media = await to_turn(body.messages, settings, limits, tenant)
     completion = _Completion(

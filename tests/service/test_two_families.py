@@ -1,0 +1,129 @@
+"""One engine, both families: a server loads the demo PandaGPT bundle and a Video-LLaMA bundle on the
+same base LLM (PandaGPT with its LoRA, Video-LLaMA without), routes each request by `model`, and
+answers turns of both at once, each equal to its own family's independent reference. Bundles on
+different bases are refused at start."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.bundle import load_bundle
+from service.errors import NotReady
+from service.resources import check_served_together
+from service.settings import Settings
+from tests.conftest import AUTH, running_server
+from tests.media import valid
+from tests.oracle import Oracle as PandaGPTOracle
+from tests.service.test_videollama_serving import Oracle as VideoLlamaOracle
+from tests.service.test_videollama_serving import files, sounding_video  # noqa: F401  (a fixture)
+from tests.training.test_convert_videollama import convert
+
+pytestmark = pytest.mark.e2e
+
+MAX_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def videollama(files: dict[str, Path], demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    bundle = tmp_path_factory.mktemp("second-family") / "videollama"
+    convert(files, demo_bundle, bundle, template="vicuna")
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def server(
+    demo_bundle: Path, videollama: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    extra = {"PANDASERVE_MORE_BUNDLES": str(videollama)}
+    with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("two-families"), extra) as running:
+        yield running.url
+
+
+def chat(url: str, form: dict[str, str], uploads: list | None = None) -> httpx.Response:
+    form = {"temperature": "0", "max_tokens": str(MAX_TOKENS), "return_token_ids": "true"} | form
+    return httpx.post(f"{url}/chat", data=form, files=uploads, headers=AUTH, timeout=300)
+
+
+def test_models_lists_both(server: str) -> None:
+    r = httpx.get(f"{server}/v1/models", headers=AUTH)
+    assert [m["id"] for m in r.json()["data"]] == ["demo", "videollama"]
+    assert httpx.get(f"{server}/v1/models/videollama", headers=AUTH).status_code == 200
+    r = httpx.get(f"{server}/v1/models/other", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+
+
+def test_a_turn_of_each_family_at_once_each_equal_to_its_reference(
+    server: str, demo_bundle: Path, videollama: Path
+) -> None:
+    image, video = valid("image", 3), sounding_video(11)
+    pandagpt = {"message": "What is in this?"}
+    second = {"message": "What is in this?", "model": "videollama"}
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(chat, server, pandagpt, [("image", ("a.png", image))])
+        b = pool.submit(chat, server, second, [("video", ("v.mp4", video))])
+        first, other = a.result(), b.result()
+    assert first.status_code == 200, first.text
+    assert other.status_code == 200, other.text
+
+    expected = PandaGPTOracle(demo_bundle).reply_ids([], "What is in this?", [("image", image)], MAX_TOKENS)
+    assert first.json()["token_ids"] == expected
+    vl = VideoLlamaOracle(videollama, "vicuna")
+    asked = [([("video", video)], "What is in this?")]
+    assert other.json()["token_ids"] == vl.reply_ids(asked, [])  # type: ignore[arg-type]
+    assert other.json()["media"][0]["sound"] is True
+
+    # The session remembers its model: the next turn goes to Video-LLaMA without naming it.
+    session_id = other.json()["session_id"]
+    again = chat(server, {"message": "And the colour?", "session_id": session_id})
+    assert again.status_code == 200, again.text
+    asked.append(([], "And the colour?"))
+    assert again.json()["token_ids"] == vl.reply_ids(asked, [other.json()["reply"]])  # type: ignore[arg-type]
+    view = httpx.get(f"{server}/sessions/{session_id}", headers=AUTH).json()
+    assert view["model"] == "videollama" and len(view["turns"]) == 2
+    # ... and a request may name it, but not change it.
+    r = chat(server, {"message": "Hi", "session_id": session_id, "model": "demo"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+    assert len(httpx.get(f"{server}/sessions/{session_id}", headers=AUTH).json()["turns"]) == 2
+
+
+def test_the_openai_api_routes_by_model(server: str) -> None:
+    body = {
+        "model": "videollama",
+        "max_tokens": 4,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    }
+    r = httpx.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    # Video-LLaMA needs a medium in the conversation: the refusal is its family's, so it was routed there.
+    assert r.status_code == 422 and "image, video or audio" in r.json()["error"]["message"], r.text
+    r = httpx.post(f"{server}/v1/chat/completions", json=body | {"model": "demo"}, headers=AUTH, timeout=120)
+    assert r.status_code == 422 and "thermal" in r.json()["error"]["message"], r.text
+
+
+def test_bundles_on_different_bases_are_refused_at_start(demo_bundle: Path, videollama: Path, tmp_path: Path) -> None:
+    wider = tmp_path / "llm"
+    shutil.copytree(demo_bundle / "llm", wider)
+    config = json.loads((wider / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps(config | {"hidden_size": 2 * config["hidden_size"]}))
+    other = tmp_path / "bundle"
+    shutil.copytree(videollama, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(manifest | {"llm": str(wider)}))
+
+    bundles = [load_bundle(demo_bundle), load_bundle(other)]
+    with pytest.raises(NotReady, match=r"different LLMs \(hidden size 256 and 512\)"):
+        check_served_together(bundles, Settings())
+    (wider / "config.json").write_text(json.dumps(config))  # the same width, another directory
+    with pytest.raises(NotReady, match="name different LLM directories"):
+        check_served_together(bundles, Settings())
+    same = [load_bundle(demo_bundle), load_bundle(videollama)]
+    check_served_together(same, Settings())
+    with pytest.raises(NotReady, match="PANDASERVE_ENGINE_URL"):
+        check_served_together(same, Settings(engine_url="http://engine:8000"))
