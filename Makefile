@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BUNDLE ?= bundles/demo
+VL_BUNDLE ?= bundles/videollama-demo
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
@@ -23,17 +24,22 @@ install: $(VENV)/.installed
 $(BUNDLE)/manifest.json: | install
 	$(VENV)/bin/pandaserve bundle demo $(BUNDLE)
 
+# Video-LLaMA's demo (random branches) over the demo's LLM and ImageBind: both served from one engine.
+$(VL_BUNDLE)/manifest.json: $(BUNDLE)/manifest.json
+	$(VENV)/bin/pandaserve bundle demo --family videollama --base $(BUNDLE) --force $(VL_BUNDLE)
+
 # The demo bundle alone (what docker-compose.yml mounts by default).
 demo-bundle: $(BUNDLE)/manifest.json
 
-demo: install $(BUNDLE)/manifest.json
+demo: install $(BUNDLE)/manifest.json $(VL_BUNDLE)/manifest.json
 	$(PY) -c "from training import synthetic; _, s, _ = next(synthetic.items(1, 7)); synthetic.draw(s).save('bundles/example.png')"
 	@echo
-	@echo "Serving $(BUNDLE) on http://$(HOST):$(PORT) (the engine takes ~20 s to start)."
+	@echo "Serving $(BUNDLE) (PandaGPT, the default) and $(VL_BUNDLE) (Video-LLaMA, untrained) from one engine"
+	@echo "on http://$(HOST):$(PORT) (the engine takes ~20 s to start)."
 	@echo "Then open http://$(HOST):$(PORT) for the chat page, or try:"
 	@echo "  curl -s http://$(HOST):$(PORT)/chat -F message='What is in this image?' -F image=@bundles/example.png"
 	@echo
-	$(VENV)/bin/pandaserve serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	PANDASERVE_MORE_BUNDLES=$(VL_BUNDLE) $(VENV)/bin/pandaserve serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 test: lint deploy-tools
 	$(PY) -m pytest

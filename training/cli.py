@@ -11,11 +11,16 @@ from typing import Any
 def bundle_demo(args: argparse.Namespace) -> None:
     from training.demo_bundle import build_demo_bundle
     from training.demo_recipe import build_seeing_bundle
+    from training.demo_videollama import build_videollama_demo
 
     if (args.dir / "manifest.json").exists() and not args.force:
         print(f"{args.dir} already holds a bundle (use --force to rebuild)")
         return
-    if args.random:
+    if args.family == "videollama":
+        if not (args.base / "manifest.json").exists():
+            raise SystemExit(f"--base {args.base} holds no bundle: write the PandaGPT demo there first")
+        build_videollama_demo(args.dir, args.base, seed=args.seed, template=args.template)
+    elif args.random:
         build_demo_bundle(args.dir, seed=args.seed)
     else:
         build_seeing_bundle(args.dir, seed=args.seed)  # it says what it does, stage by stage
@@ -76,6 +81,14 @@ def add_commands(commands: Any) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--random", action="store_true", help="untrained random weights (seconds; what tests compare)")
     d.add_argument("--force", action="store_true", help="rebuild even if the directory holds a bundle")
+    d.add_argument(
+        "--family",
+        choices=["pandagpt", "videollama"],
+        default="pandagpt",
+        help="videollama: Video-LLaMA's tiny branches, random, over --base's LLM and ImageBind",
+    )
+    d.add_argument("--base", type=Path, default=Path("bundles/demo"), help="with --family videollama")
+    d.add_argument("--template", choices=["vicuna", "llama2"], default="vicuna", help="with --family videollama")
     d.set_defaults(run=bundle_demo)
     c = bundles.add_parser("convert-pandagpt", help="turn the released PandaGPT weights into a bundle")
     c.add_argument("--vicuna", type=Path, required=True, help="Vicuna v0 HF dir (referenced, not copied)")

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from encoders.videollama import preprocess
+from encoders.videollama import VideoLlamaConfig, preprocess
 from service.bundle import ImageBindSpec, Manifest, VideoLlamaSpec, write_manifest
 from training.convert import resolve_imagebind_preset
 from training.staging import staged_dir
@@ -103,12 +103,26 @@ def convert_videollama(
                 f"gives {preset.out_embed_dim}"
             )
         imagebind_spec = ImageBindSpec(checkpoint=str(imagebind.resolve()), config=asdict(preset))
+    return write_videollama_bundle(out, llm, template, config, vision, audio, imagebind_spec)
+
+
+def write_videollama_bundle(
+    out: Path,
+    llm: Path,
+    template: Literal["vicuna", "llama2"],
+    config: VideoLlamaConfig,
+    vision: Mapping[str, Tensor],
+    audio: Mapping[str, Tensor] | None,
+    imagebind: ImageBindSpec | None,
+) -> Manifest:
+    """The bundle, atomically: the branches' weights under their original names, the LLM and
+    ImageBind referenced by absolute path."""
     manifest = Manifest(
         family="videollama",
         template=template,
         llm=str(llm.resolve()),
         lora=None,
-        imagebind=imagebind_spec,
+        imagebind=imagebind,
         videollama=VideoLlamaSpec(vision=VISION_FILE, audio=AUDIO_FILE if audio else None, config=asdict(config)),
         modalities=list(preprocess.MODALITIES if audio else preprocess.VISUAL_MODALITIES),
     )

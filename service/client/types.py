@@ -19,6 +19,21 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class MediaView:
+    modality: str
+    sha256: str
+    bytes: int
+    sound: bool | None = None  # a Video-LLaMA video: whether its sound was heard
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> MediaView:
+        sound = body.get("sound")
+        return cls(
+            str(body["modality"]), str(body["sha256"]), int(body["bytes"]), None if sound is None else bool(sound)
+        )
+
+
+@dataclass(frozen=True)
 class ChatReply:
     """ChatResponse: one turn's answer (the body of `/chat`, or of a stream's `done` event)."""
 
@@ -27,6 +42,7 @@ class ChatReply:
     finish_reason: str  # "stop" | "length"
     usage: Usage
     token_ids: list[int] | None = None
+    media: list[MediaView] = field(default_factory=list)  # this turn's files, as they were served
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ChatReply:
@@ -37,6 +53,7 @@ class ChatReply:
             str(body["finish_reason"]),
             Usage.from_json(body["usage"]),
             None if ids is None else [int(i) for i in ids],
+            [MediaView.from_json(m) for m in body.get("media") or []],
         )
 
 
@@ -51,17 +68,6 @@ class Delta:
     def from_json(cls, body: dict[str, Any]) -> Delta:
         ids = body.get("token_ids")
         return cls(str(body.get("text", "")), None if ids is None else [int(i) for i in ids])
-
-
-@dataclass(frozen=True)
-class MediaView:
-    modality: str
-    sha256: str
-    bytes: int
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> MediaView:
-        return cls(str(body["modality"]), str(body["sha256"]), int(body["bytes"]))
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Session:
     created_at: float
     metadata: dict[str, str]
     turns: list[TurnView]
+    model: str | None = None  # the served model whose conversation it is
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Session:
@@ -95,6 +102,7 @@ class Session:
             float(body["created_at"]),
             {str(k): str(v) for k, v in (body.get("metadata") or {}).items()},
             [TurnView.from_json(t) for t in body.get("turns") or []],
+            None if body.get("model") is None else str(body["model"]),
         )
 
 

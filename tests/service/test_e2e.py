@@ -70,7 +70,8 @@ def test_three_turn_chat_keeps_history_in_redis(client: httpx.Client, raw_redis:
     assert [t["message"] for t in view["turns"]] == ["What is in this picture?", "And the colour?", "Thanks!"]
     assert [t["reply"] for t in view["turns"]] == replies
     assert view["turns"][0]["media"][0]["modality"] == "image"
-    assert view["turns"][0]["media"][0].keys() == {"modality", "sha256", "bytes"}
+    assert view["turns"][0]["media"][0].keys() == {"modality", "sha256", "bytes", "sound"}  # never the vectors
+    assert view["turns"][0]["media"][0]["sound"] is None and view["model"] == "demo"
     # It lives in Redis, with a TTL.
     assert int(raw_redis.hget(KEY_PREFIX + sid, "turns")) == 3
     assert raw_redis.ttl(KEY_PREFIX + sid) > 0

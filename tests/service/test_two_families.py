@@ -1,5 +1,6 @@
-"""One engine, both families: a server loads the demo PandaGPT bundle and a Video-LLaMA bundle on the
-same base LLM (PandaGPT with its LoRA, Video-LLaMA without), routes each request by `model`, and
+"""One engine, both families: a server loads the demo PandaGPT bundle and the Video-LLaMA demo bundle
+(`pandaserve bundle demo --family videollama`) on the same base LLM (PandaGPT with its LoRA,
+Video-LLaMA without), as `make demo` serves them, routes each request by `model`, and
 answers turns of both at once, each equal to its own family's independent reference. Bundles on
 different bases are refused at start."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,12 +21,11 @@ from service.bundle import load_bundle
 from service.errors import NotReady
 from service.resources import check_served_together
 from service.settings import Settings
-from tests.conftest import AUTH, running_server
+from tests.conftest import AUTH, REPO, running_server
 from tests.media import valid
 from tests.oracle import Oracle as PandaGPTOracle
 from tests.service.test_videollama_serving import Oracle as VideoLlamaOracle
-from tests.service.test_videollama_serving import files, sounding_video  # noqa: F401  (a fixture)
-from tests.training.test_convert_videollama import convert
+from tests.service.test_videollama_serving import sounding_video
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +33,11 @@ MAX_TOKENS = 10
 
 
 @pytest.fixture(scope="module")
-def videollama(files: dict[str, Path], demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def videollama(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Video-LLaMA demo bundle over the demo's LLM and ImageBind, as `make demo` writes it."""
     bundle = tmp_path_factory.mktemp("second-family") / "videollama"
-    convert(files, demo_bundle, bundle, template="vicuna")
+    command = ["bundle", "demo", "--family", "videollama", "--base", str(demo_bundle), str(bundle)]
+    subprocess.run([sys.executable, "-m", "pandaserve", *command], check=True, cwd=REPO, capture_output=True)
     return bundle
 
 
