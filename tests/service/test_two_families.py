@@ -2,7 +2,7 @@
 (`pandaserve bundle demo --family videollama`) on the same base LLM (PandaGPT with its LoRA,
 Video-LLaMA without), as `make demo` serves them, routes each request by `model`, and
 answers turns of both at once, each equal to its own family's independent reference. Bundles on
-different bases are refused at start."""
+different bases are refused at start; the bad-input corpus gets the same answers from Video-LLaMA."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from encoders.videollama import preprocess
 from service.bundle import load_bundle
+from service.core.session_store import KEY_PREFIX
 from service.errors import NotReady
 from service.resources import check_served_together
 from service.settings import Settings
 from tests.conftest import AUTH, REPO, running_server
+from tests.hostile import BAD_FILES
 from tests.media import valid
 from tests.oracle import Oracle as PandaGPTOracle
 from tests.service.test_videollama_serving import Oracle as VideoLlamaOracle
@@ -131,3 +135,31 @@ def test_bundles_on_different_bases_are_refused_at_start(demo_bundle: Path, vide
     check_served_together(same, Settings())
     with pytest.raises(NotReady, match="PANDASERVE_ENGINE_URL"):
         check_served_together(same, Settings(engine_url="http://engine:8000"))
+
+
+# The bad-input corpus on the Video-LLaMA bundle: its decoders are PandaGPT's, so every case of the
+# kinds it takes gets the same 4xx naming the field, and the session it was sent to is untouched.
+VIDEO_LLAMA_CASES = [case for case, (field, *_) in BAD_FILES.items() if field in preprocess.MODALITIES]
+
+
+@pytest.fixture(scope="module")
+def videollama_session(server: str) -> str:
+    form = {"message": "Look.", "max_tokens": "4", "model": "videollama"}
+    r = httpx.post(f"{server}/chat", data=form, files=[("image", ("a.png", valid("image", 4)))], headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()["session_id"]
+
+
+@pytest.mark.parametrize("case", VIDEO_LLAMA_CASES)
+def test_bad_file_on_video_llama(server: str, redis_url: str, videollama_session: str, case: str) -> None:
+    field, make, status, words = BAD_FILES[case]
+    with redis.Redis.from_url(redis_url) as raw:
+        before = raw.hgetall(KEY_PREFIX + videollama_session)
+        form = {"message": "And this?", "session_id": videollama_session}
+        r = httpx.post(f"{server}/chat", data=form, files=[(field, ("f", make()))], headers=AUTH, timeout=120)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["param"] == field
+        assert error["message"].startswith(f"{field}[0]: ") and words in error["message"], error["message"]
+        assert raw.hgetall(KEY_PREFIX + videollama_session) == before
+    assert httpx.get(f"{server}/readyz").status_code == 200
