@@ -97,11 +97,12 @@ class Resources:
             await close()
 
 
-def engine_config(bundle: Bundle, family: Family, settings: Settings) -> EngineConfig:
+def engine_config(bundle: Bundle, family: Family, settings: Settings, bare_requests: bool = False) -> EngineConfig:
     return EngineConfig(
         model_dir=bundle.llm_dir,
         lora_dir=bundle.lora_dir,
         lora_targets=family.lora.targets if family.lora else (),
+        bare_requests=bare_requests,
         kv_cache_gib=settings.kv_cache_gib,
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_num_seqs,
@@ -159,7 +160,7 @@ async def start_encoders(
     return ProjectedEncoder(pool, load_projector(bundle.projector_path))
 
 
-async def start_engine(bundle: Bundle, family: Family, settings: Settings) -> Engine:
+async def start_engine(bundle: Bundle, family: Family, settings: Settings, bare_requests: bool = False) -> Engine:
     """The stock vLLM server at PANDASERVE_ENGINE_URL, or vLLM in this process."""
     if settings.engine_url:
         model = settings.engine_model or (ADAPTER if bundle.lora_dir else served_model(bundle, settings).id)
@@ -168,7 +169,7 @@ async def start_engine(bundle: Bundle, family: Family, settings: Settings) -> En
     # Imported here: vllm is heavy and only this path needs it.
     from service.engines.vllm_local import LocalVLLMEngine
 
-    return await asyncio.to_thread(LocalVLLMEngine.start, engine_config(bundle, family, settings))
+    return await asyncio.to_thread(LocalVLLMEngine.start, engine_config(bundle, family, settings, bare_requests))
 
 
 def check_served_together(bundles: list[Bundle], settings: Settings) -> None:
@@ -249,7 +250,9 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
     engine_bundle, engine_family = next(
         ((b, f) for b, f in zip(bundles, families, strict=True) if f.lora), (bundles[0], families[0])
     )
-    engine = await start_engine(engine_bundle, engine_family, settings)
+    # Another bundle's requests run without the adapter beside requests with it.
+    bare_requests = engine_family.lora is not None and any(f.lora is None for f in families)
+    engine = await start_engine(engine_bundle, engine_family, settings, bare_requests)
     on_close.append(engine.close)
     prompts = PromptAssembler.load(bundles[0].llm_dir)
     admission = EngineAdmission(

@@ -17,6 +17,8 @@ class EngineConfig:
     model_dir: Path
     lora_dir: Path | None  # a PEFT adapter applied to every request that asks for it, or none
     lora_targets: tuple[str, ...]  # the adapter's target modules, named as in the HF model
+    # Some requests run without the adapter (another family on the same base LLM): see vllm_local.
+    bare_requests: bool = False
     kv_cache_gib: int = 1  # on CPU
     max_model_len: int | None = None  # None: the model's own
     max_num_seqs: int = 32

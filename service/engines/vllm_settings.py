@@ -13,6 +13,8 @@ from service.engines.base import EngineConfig
 
 # The adapter's name in vLLM: requests that carry the LoRA name it as their model.
 ADAPTER = "adapter"
+# Requests without it, beside requests with it, run with a zero adapter of this name (vllm_local).
+BARE_ADAPTER = "bare"
 # vLLM's LLaMA packs q/k/v and gate/up into one module each; its LoRA layers have those names.
 VLLM_MODULE = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "o_proj": "o_proj"}
 VLLM_MODULE |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"}
@@ -41,7 +43,7 @@ def engine_settings(config: EngineConfig, on_gpu: bool) -> dict[str, Any]:
     if lora_dir is not None:
         rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"]
         settings |= {
-            "max_loras": 1,
+            "max_loras": 2 if config.bare_requests else 1,
             "max_lora_rank": rank,
             "lora_target_modules": vllm_lora_modules(config.lora_targets),
         }
