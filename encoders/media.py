@@ -60,7 +60,8 @@ def tensor_from_base64(data: str, shape: tuple[int, ...] = (-1,)) -> torch.Tenso
 class Embedder(Protocol):
     async def encode(self, items: list[MediaInput]) -> list[torch.Tensor]:
         """One ImageBind embedding (1024,) per item, in order; a bad file raises its MediaError
-        (naming `field`), a full queue PoolFull, a model with no embeddings NoEmbeddings."""
+        (naming `field`), a full queue PoolFull; a model with no ImageBind embeddings to give
+        (Video-LLaMA) raises UnsupportedMediaType naming the first file."""
         ...
 
     async def check_health(self) -> None:
