@@ -30,7 +30,7 @@ from encoders.imagebind import ImageBindConfig, load_imagebind
 from encoders.limits import MediaLimits
 from encoders.videollama import PRESETS, VideoLlamaAudio, VideoLlamaVision, imagebind_audio_clip_embeddings, preprocess
 from service.bundle import load_bundle
-from tests.conftest import AUTH, running_server
+from tests.conftest import AUTH, running_encoders, running_server
 from tests.encoders.test_audio import make_signal, pyav_bytes
 from tests.media import valid
 from tests.service.families.test_videollama import AUDIO_VIDEO, VISUAL_SYSTEM, reference
@@ -239,3 +239,23 @@ def test_the_oracle_sees_the_difference_between_files(served: tuple[str, Oracle]
     b = oracle.media_message("image", valid("image", 2))[1][0]
     assert a.shape == (32, oracle.llm.config.hidden_size) and not torch.allclose(a, b)
     assert np.isfinite(a.numpy()).all()
+
+
+def test_through_the_encoder_service(
+    files: dict[str, Path], demo_bundle: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`pandaserve encoders serve` on a Video-LLaMA bundle, behind an API replica: a video's audio track
+    and timestamp sentence travel with its vectors, and the reply is the reference's."""
+    bundle = tmp_path_factory.mktemp("videollama-remote") / "bundle"
+    convert(files, demo_bundle, bundle, template="vicuna")
+    logs = tmp_path_factory.mktemp("videollama-remote-logs")
+    video = sounding_video(21)
+    with (
+        running_encoders(bundle, redis_url, logs) as encoders,
+        running_server(bundle, redis_url, logs, {"PANDASERVE_ENCODER_URL": encoders.url}) as replica,
+    ):
+        form = {"message": QUESTIONS[0], "temperature": "0", "max_tokens": str(MAX_TOKENS), "return_token_ids": "true"}
+        r = httpx.post(f"{replica.url}/chat", data=form, files=[("video", ("v.mp4", video))], headers=AUTH, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["media"][0]["sound"] is True
+        assert r.json()["token_ids"] == Oracle(bundle, "vicuna").reply_ids([([("video", video)], QUESTIONS[0])], [])
