@@ -159,7 +159,7 @@ class ScaledBench:
         bundle_parts = Parts.load(self.args.bundle)
         computed = await slots(bundle_parts, self.conversations)  # before the clock: the engine alone is measured
         bundle = bundle_parts.bundle  # the model named as the API names it
-        model = ADAPTER if bundle.lora_dir else served_model(bundle, Settings(bundle=self.args.bundle)).id
+        model = ADAPTER if bundle.lora_dir else served_model(bundle, Settings().served_model_name).id
         engine = await RemoteVLLMEngine.connect(RemoteEngineConfig(engine_url, model))
         try:
             target = DirectTarget(engine, bundle_parts, computed)

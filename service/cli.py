@@ -72,7 +72,7 @@ def engine_command(args: argparse.Namespace) -> None:
     bundle = load_bundle(args.bundle)
     on_gpu = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     config = engine_config(bundle, load_family(bundle), settings)
-    print(server_command(config, served_model(bundle, settings).id, args.host, args.port, on_gpu))
+    print(server_command(config, served_model(bundle, settings.served_model_name).id, args.host, args.port, on_gpu))
 
 
 def router_command(args: argparse.Namespace) -> None:

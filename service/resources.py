@@ -110,9 +110,10 @@ def engine_config(bundle: Bundle, family: Family, settings: Settings, bare_reque
     )
 
 
-def served_model(bundle: Bundle, settings: Settings) -> ServedModel:
+def served_model(bundle: Bundle, name: str | None = None) -> ServedModel:
+    """The bundle as clients name it: `name` (PANDASERVE_SERVED_MODEL_NAME), or its directory's name."""
     created = int((bundle.root / "manifest.json").stat().st_mtime)
-    return ServedModel(settings.served_model_name or bundle.root.name, created)
+    return ServedModel(name or bundle.root.name, created)
 
 
 async def start_encoders(
@@ -163,7 +164,9 @@ async def start_encoders(
 async def start_engine(bundle: Bundle, family: Family, settings: Settings, bare_requests: bool = False) -> Engine:
     """The stock vLLM server at PANDASERVE_ENGINE_URL, or vLLM in this process."""
     if settings.engine_url:
-        model = settings.engine_model or (ADAPTER if bundle.lora_dir else served_model(bundle, settings).id)
+        model = settings.engine_model or (
+            ADAPTER if bundle.lora_dir else served_model(bundle, settings.served_model_name).id
+        )
         config = RemoteEngineConfig(settings.engine_url, model)
         return await RemoteVLLMEngine.connect(config, wait_s=settings.engine_wait_s)
     # Imported here: vllm is heavy and only this path needs it.
@@ -210,7 +213,7 @@ async def build_resources(settings: Settings, metrics: Metrics, tracer: Tracer) 
     check_served_together(bundles, settings)
     families = [load_family(bundle) for bundle in bundles]
     # The first is named as PANDASERVE_SERVED_MODEL_NAME says; the others by their directories.
-    models = [served_model(bundles[0], settings), *(served_model(b, Settings(bundle=b.root)) for b in bundles[1:])]
+    models = [served_model(bundles[0], settings.served_model_name), *(served_model(b) for b in bundles[1:])]
     if len({m.id for m in models}) < len(models):
         raise NotReady(f"the bundles served together need different names, not {[m.id for m in models]}")
     on_close: list[Callable[[], Awaitable[None]]] = []

@@ -49,7 +49,7 @@ def videollama(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def server(
     demo_bundle: Path, videollama: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    extra = {"PANDASERVE_MORE_BUNDLES": str(videollama)}
+    extra = {"PANDASERVE_MORE_BUNDLES": str(videollama), "PANDASERVE_SERVED_MODEL_NAME": "pandagpt"}
     with running_server(demo_bundle, redis_url, tmp_path_factory.mktemp("two-families"), extra) as running:
         yield running.url
 
@@ -61,7 +61,10 @@ def chat(url: str, form: dict[str, str], uploads: list | None = None) -> httpx.R
 
 def test_models_lists_both(server: str) -> None:
     r = httpx.get(f"{server}/v1/models", headers=AUTH)
-    assert [m["id"] for m in r.json()["data"]] == ["demo", "videollama"]
+    assert [m["id"] for m in r.json()["data"]] == [
+        "pandagpt",
+        "videollama",
+    ]  # the first named by PANDASERVE_SERVED_MODEL_NAME
     assert httpx.get(f"{server}/v1/models/videollama", headers=AUTH).status_code == 200
     r = httpx.get(f"{server}/v1/models/other", headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
@@ -101,7 +104,7 @@ def test_a_turn_of_each_family_at_once_each_equal_to_its_reference(
     view = httpx.get(f"{server}/sessions/{session_id}", headers=AUTH).json()
     assert view["model"] == "videollama" and len(view["turns"]) == 2
     # ... and a request may name it, but not change it.
-    r = chat(server, {"message": "Hi", "session_id": session_id, "model": "demo"})
+    r = chat(server, {"message": "Hi", "session_id": session_id, "model": "pandagpt"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
     assert len(httpx.get(f"{server}/sessions/{session_id}", headers=AUTH).json()["turns"]) == 2
 
@@ -116,7 +119,7 @@ def test_the_openai_api_routes_by_model(server: str) -> None:
     r = httpx.post(f"{server}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
     # Video-LLaMA needs a medium in the conversation: the refusal is its family's, so it was routed there.
     assert r.status_code == 422 and "image, video or audio" in r.json()["error"]["message"], r.text
-    r = httpx.post(f"{server}/v1/chat/completions", json=body | {"model": "demo"}, headers=AUTH, timeout=120)
+    r = httpx.post(f"{server}/v1/chat/completions", json=body | {"model": "pandagpt"}, headers=AUTH, timeout=120)
     assert r.status_code == 422 and "thermal" in r.json()["error"]["message"], r.text
 
 
