@@ -38,9 +38,9 @@ from training.staging import staged_dir
 # text-only floor until then); then colour comes first, shape later. On 200 held-out images over HTTP
 # this gives colour 98%, shape 74% (with demo_vision's whitening floor 1e-4; 64.5% at 1e-3).
 # The lr is higher than the original's 5e-4 for 13B: this model has 2.6M parameters.
-ALIGN_IMAGES = 4800
+ALIGN_IMAGES = 3200
 ALIGN_SEED = 300  # a split of training/synthetic.py apart from the text stage's and the held-out tests'
-ALIGN_BATCH, ALIGN_EPOCHS = 16, 10
+ALIGN_BATCH, ALIGN_EPOCHS = 16, 6
 ALIGN_STEPS = ALIGN_IMAGES * ALIGN_EPOCHS // ALIGN_BATCH
 ALIGN_FLAGS = ["--batch-size", str(ALIGN_BATCH), "--micro-batch-size", str(ALIGN_BATCH), "--epochs", str(ALIGN_EPOCHS)]
 ALIGN_FLAGS += ["--lr", "2e-3"]
