@@ -234,7 +234,7 @@ def _whiten_(model: ImageBindModel, pixels: torch.Tensor) -> None:
 def readout_inputs(model: ImageBindModel, pixels: torch.Tensor) -> torch.Tensor:
     """What block 2's MLP reads at the CLS token (its LayerNorm's output), (B, WIDTH)."""
     seen: list[torch.Tensor] = []
-    norm = model.modality_trunks["vision"].blocks[1].norm_2
+    norm = model.get_submodule("modality_trunks.vision.blocks.1.norm_2")
     handle = norm.register_forward_hook(lambda _m, _i, out: seen.append(out[0].detach().clone()))
     try:
         for batch in pixels.split(100):

@@ -89,8 +89,9 @@ def _shape(canvas: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
 
 
 def _background(rng: random.Random) -> Image.Image:
-    a, b = rng.sample(BACKGROUNDS, 2)
-    a = tuple(max(0, min(255, v + rng.randint(-10, 10))) for v in a)
+    first, b = rng.sample(BACKGROUNDS, 2)
+    r, g, bl = (max(0, min(255, v + rng.randint(-10, 10))) for v in first)
+    a = (r, g, bl)
     kind = rng.choice(("plain", "gradient", "vignette"))
     if kind == "plain":
         return Image.new("RGB", (SIDE, SIDE), a)
