@@ -61,7 +61,7 @@ SHARPNESS = 10.0  # a in (GELU(a z) + GELU(-a z)) / a ~ |z|
 HUE_SHARPNESS = 30.0  # a in GELU(a (d.chroma - t)) / a ~ relu(d.chroma - t)
 HUES = 12  # hue directions in the chroma plane, 30 degrees apart
 HUE_THRESHOLDS = (0.13, 0.2, 0.3, 0.42)  # raw chroma: the lowest above every background's tint (synthetic.TINT)
-CALIBRATION_IMAGES, CALIBRATION_SEED = 2500, 500  # whitening and readout: a split of training/synthetic.py
+CALIBRATION_IMAGES, CALIBRATION_SEED = 5000, 500  # whitening and readout: a split of training/synthetic.py
 VARIANCE_FLOOR = 1e-4  # relative to the largest; 1e-3 and 1e-2 cost shape (measured)
 READOUT_UNITS, READOUT_STEPS, READOUT_DECAY = 256, 400, 1e-2  # block 2's MLP: the readout's size and fit
 # Channel layout of the residual stream.

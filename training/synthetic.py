@@ -8,8 +8,9 @@ shape is the only saturated colour in the picture, so "what colour" has one righ
 
 The pictures vary in what a model should not depend on (issue 16): the fill's shade, the
 background's tone and tint, the shapes' size (copies of a group are smaller than a single shape,
-as they must fit), place and rotation, the star's and cross's proportions, anti-aliased or hard
-edges, a slight blur, and JPEG compression (half the pictures pass through JPEG before the PNG).
+as they must fit), place and rotation, the star's and cross's proportions, hard edges or
+anti-aliased ones (drawn 2-4x larger, downsampled by one of four filters), a slight blur, and JPEG
+compression (70% of the pictures pass through JPEG, quality 40-95, before the PNG).
 
 Outputs, in PandaGPT's original instruction format (what training/data.py reads):
     OUT/images/00000.png ...
@@ -65,6 +66,7 @@ POSITION_PHRASES["middle"] = "in the middle"
 BACKGROUNDS = ("plain", "gradient", "noise")
 FILL_JITTER = 24  # per channel, around COLOURS' value: other shades of the same name
 TINT = 22  # a background's largest chroma per channel (0-255 units): well below every fill's
+RESAMPLERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 # A shape's radius in pixels by count: a group's copies are smaller, so that they fit apart.
 RADII = {1: (24.0, 60.0), 2: (18.0, 42.0), 3: (15.0, 34.0)}
 
@@ -228,7 +230,7 @@ def draw(scene: Scene) -> Image.Image:
     rng = random.Random(scene.seed)
     pixels = _background(scene.background, rng)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    scale = rng.choice((1, 3))  # 3: drawn 3x larger and downsampled, anti-aliased edges
+    scale = rng.choice((1, 2, 3, 4))  # > 1: drawn larger and downsampled, anti-aliased edges
     if scale > 1:
         image = image.resize((SIZE * scale, SIZE * scale), Image.Resampling.NEAREST)
     canvas = ImageDraw.Draw(image)
@@ -243,12 +245,12 @@ def draw(scene: Scene) -> Image.Image:
         else:
             canvas.polygon(_polygon(scene.shape, cx, cy, r, turn, inner), fill=fill)
     if scale > 1:
-        image = image.resize((SIZE, SIZE), Image.Resampling.BOX)
+        image = image.resize((SIZE, SIZE), rng.choice(RESAMPLERS))
     if rng.random() < 0.2:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-    if rng.random() < 0.5:  # through JPEG and back: its blocks and smeared colour edges
+    if rng.random() < 0.7:  # through JPEG and back: its blocks and smeared colour edges
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=rng.randint(50, 95))
+        image.save(buffer, format="JPEG", quality=rng.randint(40, 95))
         image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return image
 
