@@ -50,10 +50,9 @@ REPORT = "demo.json"
 REPO = Path(__file__).resolve().parents[1]
 
 
-# What each stage took (demo.json records `vision_s`, `text.s`, `align.s`), for the estimate the build
-# starts with. Measured 2026-12-03 on the 2 CPU cores while another test run shared them (load ~6): on
-# quiet cores it is less (not measured since issue 16's larger trunk and pictures).
-MEASURED_S = {"vision": 110, "text": 25, "align": 1015}
+# What each stage took on the 2 CPU cores, nearly quiet (load 1-2), 2026-12-03 (demo.json records
+# `vision_s`, `text.s`, `align.s`), for the estimate the build starts with: 8m40s in all.
+MEASURED_S = {"vision": 232, "text": 22, "align": 260}
 
 
 def say(message: str) -> None:

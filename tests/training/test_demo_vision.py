@@ -110,7 +110,9 @@ def test_whitened_features_are_centred_and_decorrelated_on_held_out_images(model
     values = torch.linalg.eigvalsh(torch.cov(features.double().T))
     print("mean", features.mean(0).abs().max().item(), "variances", values.flip(0)[:8].numpy().round(3))
     assert features.mean(0).abs().max() < 0.25  # unit variance per direction, so a small offset
-    assert 0.7 < values.max() < 2.0  # ~1 on the calibration images; before whitening ~1e4x the floor
+    # ~1 on the calibration images; before whitening ~1e4x the floor. 400 samples of 107 white
+    # dimensions have a largest sample variance near (1 + sqrt(107 / 400))^2 = 2.3 (Marchenko-Pastur).
+    assert 0.7 < values.max() < 3.0
 
 
 def embed(model: ImageBindModel, pixels: Tensor) -> Tensor:
