@@ -1,10 +1,16 @@
 """A synthetic "coloured shapes" dataset that a tiny demo model can learn to see.
 
 Each scene has 1-3 copies of ONE shape in ONE colour on a muted background (plain, gradient or
-light noise). Keeping one colour and one shape per image makes "the colour" and "the shape"
-unambiguous, so every answer can name both literally and an evaluation can check the reply
-with a word match. Backgrounds are low-saturation on purpose: the shape is the only saturated
-colour in the picture, so "what colour" has one right answer.
+light noise, grey or tinted towards any hue). Keeping one colour and one shape per image makes
+"the colour" and "the shape" unambiguous, so every answer can name both literally and an
+evaluation can check the reply with a word match. Backgrounds are low-saturation on purpose: the
+shape is the only saturated colour in the picture, so "what colour" has one right answer.
+
+The pictures vary in what a model should not depend on (issue 16): the fill's shade, the
+background's tone and tint, the shapes' size (copies of a group are smaller than a single shape,
+as they must fit), place and rotation, the star's and cross's proportions, hard edges or
+anti-aliased ones (drawn 2-4x larger, downsampled by one of four filters), a slight blur, and JPEG
+compression (70% of the pictures pass through JPEG, quality 40-95, before the PNG).
 
 Outputs, in PandaGPT's original instruction format (what training/data.py reads):
     OUT/images/00000.png ...
@@ -31,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 SIZE = 224  # ImageBind's input size: the preprocessing then only normalises (no crop cuts a shape off)
 # Saturated, well-separated hues; each word is in the demo tokenizer's vocabulary.
@@ -49,15 +55,20 @@ PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "s
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 # Where a single shape sits: its centre is drawn inside this box (fractions of the side).
 POSITIONS: dict[str, tuple[float, float, float, float]] = {  # x0, x1, y0, y1
-    "left": (0.27, 0.33, 0.40, 0.60),
-    "right": (0.67, 0.73, 0.40, 0.60),
-    "top": (0.40, 0.60, 0.27, 0.33),
-    "bottom": (0.40, 0.60, 0.67, 0.73),
-    "middle": (0.45, 0.55, 0.45, 0.55),
+    "left": (0.24, 0.34, 0.32, 0.68),
+    "right": (0.66, 0.76, 0.32, 0.68),
+    "top": (0.32, 0.68, 0.24, 0.34),
+    "bottom": (0.32, 0.68, 0.66, 0.76),
+    "middle": (0.42, 0.58, 0.42, 0.58),
 }
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 POSITION_PHRASES["middle"] = "in the middle"
 BACKGROUNDS = ("plain", "gradient", "noise")
+FILL_JITTER = 24  # per channel, around COLOURS' value: other shades of the same name
+TINT = 22  # a background's largest chroma per channel (0-255 units): well below every fill's
+RESAMPLERS = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+# A shape's radius in pixels by count: a group's copies are smaller, so that they fit apart.
+RADII = {1: (24.0, 60.0), 2: (18.0, 42.0), 3: (15.0, 34.0)}
 
 
 @dataclass(frozen=True)
@@ -150,9 +161,11 @@ def items(n: int, seed: int) -> Iterator[tuple[str, Scene, list[dict[str, str]]]
 
 
 def _muted(rng: random.Random) -> np.ndarray:
-    """A dark or light grey with a slight tint: never mistaken for one of COLOURS."""
-    level = rng.choice((rng.uniform(20, 80), rng.uniform(160, 225)))
-    return np.array([level + rng.uniform(-12, 12) for _ in range(3)], dtype=np.float32)
+    """A dark, middle or light grey tinted towards a random hue: never mistaken for one of COLOURS."""
+    level = rng.choice((rng.uniform(15, 85), rng.uniform(120, 150), rng.uniform(160, 240)))
+    hue, chroma = rng.uniform(0, 2 * math.pi), rng.uniform(0, TINT) * rng.choice((0.3, 1.0))
+    tint = [chroma * math.cos(hue + k * 2 * math.pi / 3) for k in range(3)]  # sums to zero: grey kept
+    return np.array([level + t for t in tint], dtype=np.float32)
 
 
 def _background(kind: str, rng: random.Random) -> np.ndarray:
@@ -170,7 +183,7 @@ def _background(kind: str, rng: random.Random) -> np.ndarray:
     return pixels
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tuple[float, float]]:
+def _polygon(shape: str, cx: float, cy: float, r: float, turn: float, inner: float) -> list[tuple[float, float]]:
     def ring(radii: list[float], offset: float) -> list[tuple[float, float]]:
         k = len(radii)
         return [
@@ -183,9 +196,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tu
     if shape == "triangle":
         return ring([r] * 3, -math.pi / 2 + turn)
     if shape == "star":
-        return ring([r, 0.42 * r] * 5, -math.pi / 2 + turn)
-    if shape == "cross":  # a plus sign, arms 0.36 r thick
-        a = 0.36 * r
+        return ring([r, inner * r] * 5, -math.pi / 2 + turn)
+    if shape == "cross":  # a plus sign, arms `inner` r thick
+        a = inner * r
         pts = [(a, r), (a, a), (r, a), (r, -a), (a, -a), (a, -r), (-a, -r), (-a, -a), (-r, -a), (-r, a), (-a, a)]
         pts.append((-a, r))
         cos, sin = math.cos(turn), math.sin(turn)
@@ -195,16 +208,19 @@ def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tu
 
 def _places(scene: Scene, rng: random.Random) -> list[tuple[float, float, float]]:
     """(cx, cy, radius) of each copy: singles inside their position box, groups without overlap."""
+    low, high = RADII[scene.count]
     if scene.count == 1:
         x0, x1, y0, y1 = POSITIONS[scene.position]
-        return [(rng.uniform(x0, x1) * SIZE, rng.uniform(y0, y1) * SIZE, rng.uniform(40, 56))]
-    radius = rng.uniform(24, 34)  # copies share a size, so "how many" is about count, not size
+        r = rng.uniform(low, high)
+        cx, cy = (min(max(rng.uniform(a, b) * SIZE, r + 2), SIZE - r - 2) for a, b in ((x0, x1), (y0, y1)))
+        return [(cx, cy, r)]
+    radius = rng.uniform(low, high)  # copies share a size (within 10%), so "how many" is about count
     places: list[tuple[float, float, float]] = []
     misses = 0
     while len(places) < scene.count:
-        cx, cy = rng.uniform(0.17, 0.83) * SIZE, rng.uniform(0.17, 0.83) * SIZE
-        if all(math.hypot(cx - x, cy - y) > 2.2 * radius for x, y, _ in places):
-            places.append((cx, cy, radius))
+        cx, cy = (rng.uniform(radius + 4, SIZE - radius - 4) for _ in range(2))
+        if all(math.hypot(cx - x, cy - y) > 2.3 * radius for x, y, _ in places):
+            places.append((cx, cy, radius * rng.uniform(0.9, 1.0)))
         elif (misses := misses + 1) % 100 == 0:
             places.clear()  # the first copies left no room for the rest: start over
     return places
@@ -214,15 +230,28 @@ def draw(scene: Scene) -> Image.Image:
     rng = random.Random(scene.seed)
     pixels = _background(scene.background, rng)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    scale = rng.choice((1, 2, 3, 4))  # > 1: drawn larger and downsampled, anti-aliased edges
+    if scale > 1:
+        image = image.resize((SIZE * scale, SIZE * scale), Image.Resampling.NEAREST)
     canvas = ImageDraw.Draw(image)
     base = COLOURS[scene.colour]
-    fill = tuple(int(np.clip(v + rng.uniform(-15, 15), 0, 255)) for v in base)  # small jitter, same name
-    turn = rng.uniform(-0.3, 0.3)  # a slight rotation, shared by the copies
+    fill = tuple(int(np.clip(v + rng.uniform(-FILL_JITTER, FILL_JITTER), 0, 255)) for v in base)  # same name
+    turn = rng.uniform(-0.4, 0.4)  # a slight rotation, shared by the copies
+    inner = rng.uniform(0.38, 0.5) if scene.shape == "star" else rng.uniform(0.3, 0.42)
     for cx, cy, r in _places(scene, rng):
+        cx, cy, r = cx * scale, cy * scale, r * scale
         if scene.shape == "circle":
             canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
         else:
-            canvas.polygon(_polygon(scene.shape, cx, cy, r, turn), fill=fill)
+            canvas.polygon(_polygon(scene.shape, cx, cy, r, turn, inner), fill=fill)
+    if scale > 1:
+        image = image.resize((SIZE, SIZE), rng.choice(RESAMPLERS))
+    if rng.random() < 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+    if rng.random() < 0.7:  # through JPEG and back: its blocks and smeared colour edges
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=rng.randint(40, 95))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     return image
 
 

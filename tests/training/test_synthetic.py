@@ -85,8 +85,9 @@ def test_image_shows_the_colour_where_the_label_says() -> None:
     for _, scene, _ in synthetic.items(12, seed=0):
         pixels = np.asarray(synthetic.draw(scene), dtype=np.int32)
         target = np.array(synthetic.COLOURS[scene.colour])
-        near = np.abs(pixels - target).max(axis=-1) <= 20  # the fill jitters by at most 15 per channel
-        assert near.sum() > 300, scene  # at least a small shape's worth of pixels
+        # The fill jitters by at most FILL_JITTER per channel, and JPEG moves it a little more.
+        near = np.abs(pixels - target).max(axis=-1) <= synthetic.FILL_JITTER + 16
+        assert near.sum() > 200, scene  # at least a small shape's worth of pixels
         if scene.count == 1:
             ys, xs = np.nonzero(near)
             x0, x1, y0, y1 = synthetic.POSITIONS[scene.position]
