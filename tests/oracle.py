@@ -41,6 +41,19 @@ def references() -> dict[str, tuple[str, Callable[[bytes], np.ndarray]]]:
     }
 
 
+def greedy_ids(llm: torch.nn.Module, embeds: torch.Tensor, max_tokens: int) -> list[int]:
+    """HF `generate` from prompt embeddings [L, hidden]: greedy, ending at EOS (id 2) at the latest."""
+    out = llm.generate(  # type: ignore[operator]
+        inputs_embeds=embeds[None],
+        attention_mask=torch.ones((1, len(embeds)), dtype=torch.long),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    return out[0].tolist()
+
+
 class Oracle:
     def __init__(self, bundle: Path, llm: torch.nn.Module | None = None) -> None:
         """`llm`: an HF + PEFT model loaded some other way; by default the bundle's, with PEFT's loader."""
@@ -85,15 +98,8 @@ class Oracle:
         table = self.llm.get_input_embeddings().weight
         before = [1] + self.sp.encode("### Human: <Img>")  # BOS by hand, then the segment alone
         after = self.sp.encode(self.after_text(history, message))
-        embeds = torch.cat([table[before], self.slot(media)[None], table[after]])[None]
-        out = self.llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            eos_token_id=2,
-            pad_token_id=2,
-        )[0].tolist()
+        embeds = torch.cat([table[before], self.slot(media)[None], table[after]])
+        out = greedy_ids(self.llm, embeds, max_tokens)
         # The stop rule, written out: at the first `##`, drop it and the token before it.
         for k, token in enumerate(out):
             if token in self.stop_ids:

