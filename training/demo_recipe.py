@@ -1,8 +1,9 @@
 """The demo bundle that sees: the tiny bundle, taught colours and shapes in three stages on CPU.
 
-    vision  training/demo_vision.py   ImageBind's tiny vision trunk set to a bag of colour and edge
-                                      features (no training: a 2-block ViT does not learn shape in
-                                      CPU minutes; see that module)
+    vision  training/demo_vision.py   ImageBind's tiny vision trunk set to colour features and the
+                                      2 x 2 patterns of an occupancy grid, with a readout of colour,
+                                      shape and count (no training of the trunk: a 2-block ViT does
+                                      not learn shape in CPU minutes; see that module)
     text    training/lm_pretrain.py   the tiny LLaMA learns the synthetic conversations' words and
                                       PandaGPT's turn structure (answers end in "\\n###")
     align   training/train.py         PandaGPT's own stage: projector + LoRA with DeepSpeed on the
@@ -68,7 +69,7 @@ def build_seeing_bundle(out: Path, seed: int = 0) -> dict[str, Any]:
     )
     with staged_dir(Path(out)) as root, quiet_progress_bars(), tempfile.TemporaryDirectory() as work:
         say(
-            f"[1/3] vision: the tiny ImageBind and LLM, the vision trunk set to colour and edge features "
+            f"[1/3] vision: the tiny ImageBind and LLM, the vision trunk set to see colours, shapes and counts "
             f"(~{duration(MEASURED_S['vision'])})"
         )
         started = time.monotonic()
