@@ -37,7 +37,7 @@ from training.staging import staged_dir
 # Stage "align" (nanoGPT style: edit here). 6 epochs of 3,200 images at 16 per step = 1,200 optimizer
 # steps. Measured before issue 16 (plain pictures, no readout): the tiny LLaMA started to read the image
 # only after ~250 steps, and 3,000 steps gave colour 98%, shape 74% over HTTP. With the vision trunk's
-# readout logits (training/demo_vision.py) the loss falls from the start (0.51 -> 0.13 in 1,200 steps),
+# readout logits (training/demo_vision.py) the loss falls from the start (0.51 -> 0.07 in 1,200 steps),
 # and the held-out rates (tests/training/test_demo_sees.py) follow the readout's.
 # The lr is higher than the original's 5e-4 for 13B: this model has 2.6M parameters.
 ALIGN_IMAGES = 3200
@@ -52,8 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # What each stage took on the 2 CPU cores, nearly quiet (load 1-2), 2026-12-03 (demo.json records
-# `vision_s`, `text.s`, `align.s`), for the estimate the build starts with: 8m40s in all.
-MEASURED_S = {"vision": 232, "text": 22, "align": 260}
+# `vision_s`, `text.s`, `align.s`), for the estimate the build starts with: 7m23s in all.
+MEASURED_S = {"vision": 174, "text": 19, "align": 250}
 
 
 def say(message: str) -> None:

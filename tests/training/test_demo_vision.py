@@ -1,5 +1,5 @@
-"""The demo's vision trunk computes the bag of colour and edge features its module describes, and
-those features carry colour and shape (training/demo_vision.py)."""
+"""The demo's vision trunk computes the colour features and occupancy-grid patterns its module
+describes, and its embedding and readout carry colour, shape and count (training/demo_vision.py)."""
 
 from __future__ import annotations
 
@@ -155,10 +155,11 @@ def test_standardized_features_are_centred_with_unit_variance_on_held_out_images
     features = torch.cat([demo_vision.pooled_features(model, pixels[i : i + 100]) for i in range(0, 400, 100)])
     features = features / demo_vision.FEATURE_SCALE
     variances = features.double().var(0)
-    print("mean", features.mean(0).abs().max().item(), "variances", variances.quantile(torch.tensor([0.0, 0.5, 1.0])))
+    print("mean", features.mean(0).abs().max().item(), "variances", variances.aminmax(), variances.median())
     assert features.mean(0).abs().max() < 0.25  # unit variance per feature, so a small offset
-    # 1 on the calibration images, but where a variance was floored (below 1e-4 of its group's largest).
-    assert 0.8 < variances.median() < 1.25 and variances.max() < 2.0
+    # 1 on the calibration images, but where a variance was floored (below 1e-4 of its group's largest);
+    # a rare feature's (a hue above the highest threshold) varies most between samples: up to 2.1 here.
+    assert 0.8 < variances.median() < 1.25 and variances.max() < 3.0
 
 
 def embed(model: ImageBindModel, pixels: Tensor) -> Tensor:
@@ -193,8 +194,8 @@ def test_embedding_carries_colour_and_shape(model: ImageBindModel) -> None:
         test_y = torch.tensor([classes.index(getattr(s, attribute)) for s in test_scenes])
         with torch.enable_grad():
             rates[attribute] = probe(train_x, train_y, test_x, test_y)
-    print("linear probe on held-out images:", rates)  # measured: colour ~0.93, shape ~0.76 (chance 0.14, 0.2)
-    assert rates["colour"] > 0.85 and rates["shape"] > 0.65
+    print("linear probe on held-out images:", rates)  # measured: colour 0.99, shape 0.99 (chance 0.14, 0.2)
+    assert rates["colour"] > 0.95 and rates["shape"] > 0.9
 
 
 @torch.no_grad()
@@ -218,10 +219,10 @@ def test_readout_names_colour_shape_and_count(model: ImageBindModel) -> None:
     of the training generator and of the separately written one (tests/training/heldout_scenes.py)."""
     pixels, scenes = images(300, seed=101)
     rates = readout_rates(model, pixels, [vars(s) for s in scenes])
-    print("readout on held-out images of the training generator:", rates)  # measured: READOUT_SYN
+    print("readout on held-out images of the training generator:", rates)  # measured: 1.0, 0.997, 1.0
     assert rates["colour"] > 0.95 and rates["shape"] > 0.85 and rates["count"] > 0.95
     drawn = list(heldout_scenes.scenes(300, seed=2))  # seed 0 is test_demo_sees.py's
     pixels = torch.from_numpy(np.stack([load_image(s.jpeg, "image", MediaLimits()) for s in drawn]))
     rates = readout_rates(model, pixels, [vars(s) for s in drawn])
-    print("readout on pictures drawn by heldout_scenes.py:", rates)  # measured: READOUT_HO
+    print("readout on pictures drawn by heldout_scenes.py:", rates)  # measured: 0.997, 0.933, 1.0
     assert rates["colour"] > 0.95 and rates["shape"] > 0.85 and rates["count"] > 0.95
