@@ -51,12 +51,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import torch
 
 from encoders.image import CLIP_MEAN, CLIP_STD, load_image
 from encoders.imagebind import PRESETS, ImageBindConfig, ImageBindModel
+from encoders.imagebind.layers import Block
 from encoders.limits import MediaLimits
 from training import synthetic
 
@@ -365,7 +367,7 @@ def last_block_inputs(model: ImageBindModel, pixels: torch.Tensor) -> tuple[torc
 
 def _last_block(model: ImageBindModel, cls: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The last block at the CLS token: (what its MLP reads, its output), from `last_block_inputs`."""
-    block = model.get_submodule(LAST)
+    block = cast(Block, model.get_submodule(LAST))
     values = torch.nn.functional.linear(
         mean, block.attn.in_proj_weight[2 * WIDTH :], block.attn.in_proj_bias[2 * WIDTH :]
     )
