@@ -201,9 +201,8 @@ def _set_occupancy_grid_(param: Callable[[str], torch.Tensor]) -> None:
     Block 2's MLP counts, per patch, its CELLS x CELLS quads showing each pattern: a unit per quad and
     pattern p, relu(sum over its 4 cells of (+x if p has the cell else -x) - (|p| - 1)), is 1 for p's
     exact quad and 0 for any other (the cells being 0 or 1; PATTERN_MARGIN keeps it so for cells within
-    a few percent of 0 or 1). Their sums say how much area, edge,
-    corner and diagonal the shapes have, and the Euler number (the count of shapes without holes) is
-    (n(1 cell) - n(3 cells) - 2 n(diagonal)) / 4."""
+    a few percent of 0 or 1). Their sums say how much area, edge, corner and diagonal the shapes have,
+    and the Euler number (the count of shapes without holes) is (n(1 cell) - n(3 cells) - 2 n(diagonal)) / 4."""
     block = "modality_trunks.vision.blocks"
     fc1, bias1, fc2 = (param(f"{block}.1.mlp.{key}") for key in ("fc1.weight", "fc1.bias", "fc2.weight"))
     for cell in range(CELLS * CELLS):
@@ -223,13 +222,14 @@ def _set_occupancy_grid_(param: Callable[[str], torch.Tensor]) -> None:
         q, k, v = (part * WIDTH + head * head_dim for part in range(3))
         for axis, offset in enumerate((down, right)):
             for i, period in enumerate(PERIODS):
-                cos, sin = POSITION + 2 * (axis * len(PERIODS) + i), POSITION + 2 * (axis * len(PERIODS) + i) + 1
+                dim = 2 * (axis * len(PERIODS) + i)  # of (cos, sin) in the code, and in the head's q and k
+                cos, sin = POSITION + dim, POSITION + dim + 1
                 phi = 2 * math.pi * offset / period  # (cos, sin)(a + phi) from (cos, sin)(a)
-                dim = q + 2 * (axis * len(PERIODS) + i)
-                _unit_(in_proj, dim, {cos: gain * math.cos(phi), sin: -gain * math.sin(phi)})
-                _unit_(in_proj, dim + 1, {sin: gain * math.cos(phi), cos: gain * math.sin(phi)})
-                _unit_(in_proj, k + 2 * (axis * len(PERIODS) + i), {cos: 1.0})
-                _unit_(in_proj, k + 2 * (axis * len(PERIODS) + i) + 1, {sin: 1.0})
+                _unit_(in_proj, q + dim, {cos: gain * math.cos(phi), sin: -gain * math.sin(phi)})
+                _unit_(in_proj, q + dim + 1, {sin: gain * math.cos(phi), cos: gain * math.sin(phi)})
+                _unit_(in_proj, k + dim, {cos: 1.0})
+                _unit_(in_proj, k + dim + 1, {sin: 1.0})
+        # The flag's own dimension: the CLS token's score for itself is 50, every other score 0.
         _unit_(in_proj, q + code, {FLAG: 50 * math.sqrt(head_dim) / SMALL**2})
         _unit_(in_proj, k + code, {FLAG: 1.0})
         for j, (row, col) in enumerate(cells_copied):
@@ -238,13 +238,12 @@ def _set_occupancy_grid_(param: Callable[[str], torch.Tensor]) -> None:
             target += 1
 
     fc1, bias1, fc2 = (param(f"{block}.2.mlp.{key}") for key in ("fc1.weight", "fc1.bias", "fc2.weight"))
-    unit = 0
+    unit, gain = 0, PATTERN_SHARPNESS / (1 - PATTERN_MARGIN)
     for row in range(CELLS):
         for col in range(CELLS):
             quad = [_cell_channel(row + dr, col + dc) for dr in (0, 1) for dc in (0, 1)]
             for pattern in range(1, 16):
                 bits = [(pattern >> b) & 1 for b in range(4)]
-                gain = PATTERN_SHARPNESS / (1 - PATTERN_MARGIN)
                 _unit_(fc1, unit, {c: gain * (1 if on else -1) / SMALL for c, on in zip(quad, bits, strict=True)})
                 bias1[unit] = -gain * (sum(bits) - 1 + PATTERN_MARGIN)
                 fc2[PATTERN + pattern - 1, unit] = PATTERN_SCALE / PATTERN_SHARPNESS
@@ -259,9 +258,9 @@ def set_vision_weights_(model: ImageBindModel, seed: int, calibrate: bool = True
     if calibrate:
         scenes = [scene for _, scene, _ in synthetic.items(CALIBRATION_IMAGES, CALIBRATION_SEED)]
         pixels = torch.from_numpy(np.stack([_pixels(s) for s in scenes]))
-        cls, mean = last_block_inputs(model, pixels)
-        _standardize_(model, cls, mean)
-        _fit_readout_(model, cls, mean, scenes, seed)
+        cls, token_mean = last_block_inputs(model, pixels)
+        _standardize_(model, cls, token_mean)
+        _fit_readout_(model, cls, token_mean, scenes, seed)
 
 
 def _pixels(scene: synthetic.Scene) -> np.ndarray:
@@ -297,8 +296,8 @@ def _set_features_(model: ImageBindModel, seed: int) -> None:
         pos[..., CONST], pos[..., CONST + 1] = CONSTANT, -CONSTANT
         pos[..., CHROMA : CHROMA + 3] = torch.from_numpy((mean - mean.mean()) * CHROMA_SCALE).float()
         # The patches' own: the cells' chroma offset (e . mean) and the position code; the CLS token's flag.
+        offsets = torch.from_numpy(chroma_axes() @ mean * spread()).float()
         for cell in range(CELLS * CELLS):
-            offsets = torch.from_numpy(chroma_axes() @ mean * spread()).float()
             pos[0, 1:, CELL_CHROMA + 2 * cell : CELL_CHROMA + 2 * cell + 2] = offsets
         pos[0, 1:, POSITION : POSITION + 4 * len(PERIODS)] = torch.from_numpy(position_code() * spread()).float()
         pos[0, 0, FLAG] = SMALL * spread()  # small: the CLS token's spread stays the others'
@@ -362,14 +361,16 @@ def last_block_inputs(model: ImageBindModel, pixels: torch.Tensor) -> tuple[torc
             model.modality_trunks["vision"](**prep["trunk"])
     finally:
         handle.remove()
-    return torch.cat([cls for cls, _ in seen]), torch.cat([mean for _, mean in seen])
+    return torch.cat([cls for cls, _ in seen]), torch.cat([token_mean for _, token_mean in seen])
 
 
-def _last_block(model: ImageBindModel, cls: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _last_block(
+    model: ImageBindModel, cls: torch.Tensor, token_mean: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The last block at the CLS token: (what its MLP reads, its output), from `last_block_inputs`."""
     block = cast(Block, model.get_submodule(LAST))
     values = torch.nn.functional.linear(
-        mean, block.attn.in_proj_weight[2 * WIDTH :], block.attn.in_proj_bias[2 * WIDTH :]
+        token_mean, block.attn.in_proj_weight[2 * WIDTH :], block.attn.in_proj_bias[2 * WIDTH :]
     )
     stream = cls + block.attn.out_proj(values)
     reads = block.norm_2(stream)
@@ -377,7 +378,7 @@ def _last_block(model: ImageBindModel, cls: torch.Tensor, mean: torch.Tensor) ->
 
 
 @torch.no_grad()
-def _standardize_(model: ImageBindModel, cls: torch.Tensor, mean: torch.Tensor) -> None:
+def _standardize_(model: ImageBindModel, cls: torch.Tensor, token_mean: torch.Tensor) -> None:
     """Fold a standardization of the pooled features into the last block, from synthetic calibration
     images: each feature minus its calibration mean, over its standard deviation (x FEATURE_SCALE).
 
@@ -394,9 +395,9 @@ def _standardize_(model: ImageBindModel, cls: torch.Tensor, mean: torch.Tensor) 
     rows = [2 * WIDTH + c for c in POOLED]  # the value projection's rows of the pooled channels
     # The CLS output is its own stream (constant: the chroma offset) plus the pooled mean, and only
     # the pooled part passes the value projection: measure the own part with it zeroed.
-    features = _last_block(model, cls, mean)[1][:, POOLED].double()
+    features = _last_block(model, cls, token_mean)[1][:, POOLED].double()
     in_proj[rows] = 0.0
-    own = _last_block(model, cls[:1], mean[:1])[1][0, POOLED].double()
+    own = _last_block(model, cls[:1], token_mean[:1])[1][0, POOLED].double()
     variances = features.var(0)
     # A floor on the variances, per group: a feature of (nearly) no variance is not blown up.
     start = 0
@@ -417,14 +418,8 @@ def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) ->
     return ((torch.rand(shape, generator=generator) * 2 - 1) * bound).requires_grad_()
 
 
-@torch.no_grad()
-def readout_inputs(model: ImageBindModel, pixels: torch.Tensor) -> torch.Tensor:
-    """What the last block's MLP reads at the CLS token (its LayerNorm's output), (B, WIDTH)."""
-    return _last_block(model, *last_block_inputs(model, pixels))[0]
-
-
 def _fit_readout_(
-    model: ImageBindModel, cls: torch.Tensor, mean: torch.Tensor, scenes: list[synthetic.Scene], seed: int
+    model: ImageBindModel, cls: torch.Tensor, token_mean: torch.Tensor, scenes: list[synthetic.Scene], seed: int
 ) -> None:
     """Fit the last block's free MLP units as a readout of colour, shape and count, on the calibration images.
 
@@ -437,7 +432,7 @@ def _fit_readout_(
     ImageBind's architecture and checkpoint format.
     """
     with torch.no_grad():
-        inputs = _last_block(model, cls, mean)[0]
+        inputs = _last_block(model, cls, token_mean)[0]
     generator = torch.Generator().manual_seed(seed)
     fc1, bias1 = model.get_parameter(f"{LAST}.mlp.fc1.weight"), model.get_parameter(f"{LAST}.mlp.fc1.bias")
     fc2, bias2 = model.get_parameter(f"{LAST}.mlp.fc2.weight"), model.get_parameter(f"{LAST}.mlp.fc2.bias")
@@ -457,11 +452,13 @@ def _fit_readout_(
         w2 = _uniform((len(classes), units), units, generator)
         b2 = torch.zeros(len(classes), requires_grad=True)
         optimizer = torch.optim.AdamW([w1, b1, w2, b2], lr=1e-2, weight_decay=READOUT_DECAY)
-        for _ in range(READOUT_STEPS):
-            loss = torch.nn.functional.cross_entropy(torch.nn.functional.gelu(x @ w1.T + b1) @ w2.T + b2, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        with torch.enable_grad():  # whatever the caller's mode
+            for _ in range(READOUT_STEPS):
+                logits = torch.nn.functional.gelu(x @ w1.T + b1) @ w2.T + b2
+                loss = torch.nn.functional.cross_entropy(logits, target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
         with torch.no_grad():
             hidden, out = slice(unit, unit + units), slice(logit, logit + len(classes))
             fc1[hidden] = 0.0
