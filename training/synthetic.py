@@ -104,9 +104,13 @@ def _noun(scene: Scene) -> str:
     return scene.shape if scene.count == 1 else PLURALS[scene.shape]
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"  # "an orange star"
+
+
 def _describe(scene: Scene) -> str:
     if scene.count == 1:
-        return f"A {scene.colour} {scene.shape}."
+        return f"{_article(scene.colour).capitalize()} {scene.colour} {scene.shape}."
     return f"{COUNT_WORDS[scene.count].capitalize()} {scene.colour} {_noun(scene)}."
 
 
@@ -125,7 +129,7 @@ def _qa_pairs(scene: Scene) -> dict[str, tuple[tuple[str, ...], str]]:
         ),
         "shape": (
             ("What shape is it?", "Which shape do you see?", "What shape is in the image?"),
-            f"It is a {c} {scene.shape}." if one else f"They are {c} {noun}.",
+            f"It is {_article(c)} {c} {scene.shape}." if one else f"They are {c} {noun}.",
         ),
         "count": (
             ("How many shapes are there?", "Count the shapes, please."),

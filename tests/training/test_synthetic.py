@@ -72,6 +72,13 @@ def test_every_answer_names_the_true_colour_and_shape(dataset: Path) -> None:
             assert not others & set(words), turn["value"]  # exactly one colour named
 
 
+def test_answers_use_an_before_a_vowel() -> None:
+    scene = synthetic.Scene("orange", "star", 1, "left", "plain", seed=0)
+    assert synthetic._describe(scene) == "An orange star."
+    assert synthetic._qa_pairs(scene)["shape"][1] == "It is an orange star."
+    assert synthetic._describe(synthetic.Scene("red", "star", 1, "left", "plain", seed=0)) == "A red star."
+
+
 def test_answers_about_count_and_position_are_true() -> None:
     for _, scene, _ in synthetic.items(200, seed=0):
         pairs = synthetic._qa_pairs(scene)
