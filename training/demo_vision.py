@@ -98,17 +98,18 @@ CELL_CHROMA = ZERO + 1  # per cell, its raw chroma along the two chroma axes
 RAMPS = CELL_CHROMA + 2 * CELLS * CELLS  # per cell: its hue ramps, summed
 OCCUPANCY = RAMPS + CELLS * CELLS  # per cell: the sum clamped to [0, 1]
 NEIGHBOUR = OCCUPANCY + CELLS * CELLS  # copies: the right patch's left column, the lower's top row, its corner
-PATTERN = NEIGHBOUR + 2 * CELLS + 1  # per 2 x 2 pattern of cells but the empty one: how many quads show it
+PATTERNS = 15  # of 2 x 2 cells, but the empty one (bits: top left, top right, bottom left, bottom right)
+PATTERN = NEIGHBOUR + 2 * CELLS + 1  # per pattern: how many quads show it
 # What the readout names, in order, and from which pooled features: colour from the colour ones, shape and
 # count from the patterns only (measured in a NumPy prototype of these features: given the colour features
 # too, a readout's shape fell from 95% to 78% on the separately written pictures, having learnt the
 # training generator's quirks from them).
 READOUT_CLASSES = {"colour": tuple(synthetic.COLOURS), "shape": synthetic.SHAPES, "count": (1, 2, 3)}
 READOUT_UNITS = {"colour": 64, "shape": 512, "count": 64}  # the last block's MLP units that compute each
-READOUT = PATTERN + 15  # the CLS token's logits, in READOUT_CLASSES' order
+READOUT = PATTERN + PATTERNS  # the CLS token's logits, in READOUT_CLASSES' order
 assert READOUT + sum(len(c) for c in READOUT_CLASSES.values()) <= WIDTH
 COLOUR_FEATURES = [*range(COLOUR, COLOUR + 3), *range(HUE, POSITION)]
-SHAPE_FEATURES = list(range(PATTERN, PATTERN + 15))
+SHAPE_FEATURES = list(range(PATTERN, PATTERN + PATTERNS))
 POOLED = COLOUR_FEATURES + SHAPE_FEATURES
 READS = {"colour": COLOUR_FEATURES, "shape": SHAPE_FEATURES, "count": SHAPE_FEATURES}
 POOL_BLOCK = 3  # blocks 0-2 compute the features per token; block 3 pools them at the CLS token
@@ -212,13 +213,7 @@ def _set_occupancy_grid_(param: Callable[[str], torch.Tensor]) -> None:
     head_dim = WIDTH // config().vision_num_heads
     code = 4 * len(PERIODS)
     gain = NEIGHBOUR_SHARPNESS * math.sqrt(head_dim) / SMALL**2  # undoes SMALL^2 and the 1/sqrt(head_dim)
-    copies = [
-        [(row, 0) for row in range(CELLS)],  # from the right patch
-        [(0, col) for col in range(CELLS)],  # from the lower one
-        [(0, 0)],  # from the lower right one
-    ]
-    target = NEIGHBOUR
-    for head, ((down, right), cells_copied) in enumerate(zip(NEIGHBOURS, copies, strict=True)):
+    for head, (down, right) in enumerate(NEIGHBOURS):
         q, k, v = (part * WIDTH + head * head_dim for part in range(3))
         for axis, offset in enumerate((down, right)):
             for i, period in enumerate(PERIODS):
@@ -232,17 +227,18 @@ def _set_occupancy_grid_(param: Callable[[str], torch.Tensor]) -> None:
         # The flag's own dimension: the CLS token's score for itself is 50, every other score 0.
         _unit_(in_proj, q + code, {FLAG: 50 * math.sqrt(head_dim) / SMALL**2})
         _unit_(in_proj, k + code, {FLAG: 1.0})
-        for j, (row, col) in enumerate(cells_copied):
-            _unit_(in_proj, v + j, {OCCUPANCY + row * CELLS + col: 1.0})
-            out_proj[target, head * head_dim + j] = 1.0
-            target += 1
+        # The neighbour's cells that this patch's quads reach into: its first row and/or column.
+        reached = [(r, c) for r in range(1 if down else CELLS) for c in range(1 if right else CELLS)]
+        for j, (row, col) in enumerate(reached):
+            _unit_(in_proj, v + j, {_cell_channel(row, col): 1.0})
+            out_proj[_cell_channel(row + down * CELLS, col + right * CELLS), head * head_dim + j] = 1.0
 
     fc1, bias1, fc2 = (param(f"{block}.2.mlp.{key}") for key in ("fc1.weight", "fc1.bias", "fc2.weight"))
     unit, gain = 0, PATTERN_SHARPNESS / (1 - PATTERN_MARGIN)
     for row in range(CELLS):
         for col in range(CELLS):
             quad = [_cell_channel(row + dr, col + dc) for dr in (0, 1) for dc in (0, 1)]
-            for pattern in range(1, 16):
+            for pattern in range(1, PATTERNS + 1):
                 bits = [(pattern >> b) & 1 for b in range(4)]
                 _unit_(fc1, unit, {c: gain * (1 if on else -1) / SMALL for c, on in zip(quad, bits, strict=True)})
                 bias1[unit] = -gain * (sum(bits) - 1 + PATTERN_MARGIN)
@@ -258,7 +254,7 @@ def set_vision_weights_(model: ImageBindModel, seed: int, calibrate: bool = True
     if calibrate:
         scenes = [scene for _, scene, _ in synthetic.items(CALIBRATION_IMAGES, CALIBRATION_SEED)]
         pixels = torch.from_numpy(np.stack([_pixels(s) for s in scenes]))
-        cls, token_mean = last_block_inputs(model, pixels)
+        cls, token_mean = _last_block_inputs(model, pixels)
         _standardize_(model, cls, token_mean)
         _fit_readout_(model, cls, token_mean, scenes, seed)
 
@@ -348,7 +344,7 @@ def pooled_features(model: ImageBindModel, pixels: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def last_block_inputs(model: ImageBindModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _last_block_inputs(model: ImageBindModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the CLS token's stream, the mean over tokens of the LayerNorm before attention), each (B, WIDTH),
     as the last block receives them. Its attention is uniform (q = k = 0), so these two determine its
     CLS output (`_last_block`): the calibration runs blocks 0-2 once, however often it changes block 3."""
@@ -367,7 +363,7 @@ def last_block_inputs(model: ImageBindModel, pixels: torch.Tensor) -> tuple[torc
 def _last_block(
     model: ImageBindModel, cls: torch.Tensor, token_mean: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last block at the CLS token: (what its MLP reads, its output), from `last_block_inputs`."""
+    """The last block at the CLS token: (what its MLP reads, its output), from `_last_block_inputs`."""
     block = cast(Block, model.get_submodule(LAST))
     values = torch.nn.functional.linear(
         token_mean, block.attn.in_proj_weight[2 * WIDTH :], block.attn.in_proj_bias[2 * WIDTH :]
@@ -400,14 +396,11 @@ def _standardize_(model: ImageBindModel, cls: torch.Tensor, token_mean: torch.Te
     own = _last_block(model, cls[:1], token_mean[:1])[1][0, POOLED].double()
     variances = features.var(0)
     # A floor on the variances, per group: a feature of (nearly) no variance is not blown up.
-    start = 0
-    for group in (COLOUR_FEATURES, SHAPE_FEATURES):
-        part = slice(start, start + len(group))
-        variances[part] = variances[part].clamp_min(variances[part].max() * VARIANCE_FLOOR)
-        start += len(group)
+    for group in variances.split([len(COLOUR_FEATURES), len(SHAPE_FEATURES)]):
+        group.clamp_(min=group.max().item() * VARIANCE_FLOOR)
     scale = FEATURE_SCALE * variances.rsqrt()
-    in_proj[rows, POOLED] = scale.float()
-    in_proj[rows, ZERO] = -scale.float()  # as before: (pooled - zero) / std
+    for row, c, s in zip(rows, POOLED, scale.tolist(), strict=True):  # as before: (pooled - zero) / std
+        _unit_(in_proj, row, {c: s})
     # own + S pooled + b = S (own + pooled - mean), the always-on unit adding b.
     fc2 = model.get_parameter(f"{LAST}.mlp.fc2.weight")
     fc2[POOLED, 0] = ((scale * (own - features.mean(0)) - own) / 10.0).float()
@@ -462,8 +455,8 @@ def _fit_readout_(
         with torch.no_grad():
             hidden, out = slice(unit, unit + units), slice(logit, logit + len(classes))
             fc1[hidden] = 0.0
-            fc1[hidden, reads] = w1 / FEATURE_SCALE
-            fc1[hidden, ZERO] = -w1.sum(1) / FEATURE_SCALE
+            for row, weights in zip(range(unit, unit + units), (w1 / FEATURE_SCALE).tolist(), strict=True):
+                _unit_(fc1, row, dict(zip(reads, weights, strict=True)))
             bias1[hidden] = b1 - w1 @ offset
             fc2[out, hidden] = w2
             bias2[out] = b2

@@ -127,9 +127,9 @@ async def _encode_into(
 ) -> None:
     # One forward per chunk, always of the same files: a batch closes only when the chunk's files are
     # all decoded, never on a timer. Batches that formed as decoding happened to finish made the
-    # features differ in their last bits from build to build, and the demo's calibrated features
-    # (demo_vision, then whitened) amplified such differences: the same recipe taught the demo shapes
-    # at 67% or 75% by chance.
+    # features differ in their last bits from build to build, and the demo's vision features (then
+    # whitened by demo_vision) amplified such differences: the same recipe taught the demo shapes at
+    # 67% or 75% by chance.
     batching = Batching(max_batch_size=CHUNK, max_wait_ms=60_000, decode_workers=decode_workers, max_decode_queue=CHUNK)
     pool = EncoderPool(model, limits, [MODALITY], batching=batching, device=device)
     pending: dict[str, torch.Tensor] = {}
